@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install what vast-pipeline needs on a fresh Debian/Ubuntu machine with Python 3.11+:
+# ffmpeg and espeak-ng from apt (only if missing), then a virtual environment in .venv with the
+# package (editable) and, with `--test`, the test tools. Safe to rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || need+=(ffmpeg)
+command -v espeak-ng >/dev/null || need+=(espeak-ng)
+if [ ${#need[@]} -gt 0 ]; then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+.venv/bin/python -m pip install -q -e ".${extras}" 2>&1 | grep -v "is ignored: it is neither a file" || true
+.venv/bin/python -c "import vast, ray, decord, yt_dlp, webdataset" # fail loudly if the install did not take

@@ -1,0 +1,75 @@
+import json
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import webdataset as wds
+
+from vast.pipeline.ledger import read_ledger
+from vast.shards.store import OutputStore
+from vast.shards.writer import ShardWriter
+
+
+def clip_row(key, status="ok", flac=b"fLaC-bytes", caption=None):
+    ok = status == "ok"
+    row = {"request": key, "key": key, "input": "ids.txt:1", "video_id": key.split("_")[0],
+           "source": "http://127.0.0.1/v.mp4", "start": 1.0, "end": 6.0, "meta": '{"label": "cat"}',
+           "skip_keys": [], "n_clips": 1, "status": status, "error_class": "" if ok else "network",
+           "message": "" if ok else "Connection refused", "stage": "" if ok else "fetch",
+           "mp4": b"\x00\x00\x00\x18ftypisom" if ok else b"", "flac": flac if ok else b"",
+           "frames": np.zeros((2, 8, 8, 3), np.uint8), "source_info": '{"title": "t"}',
+           "clip_info": json.dumps({"duration": 5.0, "fps": 25.0, "width": 320, "height": 240,
+                                    "audio_missing": None if flac else "no audio stream",
+                                    "num_frames": 2, "frame_times": [1.25, math.nan]})}
+    if caption:
+        row["vast_cap"] = caption
+    return row
+
+
+def test_commit_is_readable_by_plain_webdataset_with_manifest_and_ledger(tmp_path):
+    out = str(tmp_path / "out")
+    rows = [clip_row("a_1000_6000"), clip_row("b_1000_6000", flac=b"", caption="a dog barks"),
+            clip_row("c_1000_6000", status="failed")]
+    ledger = ShardWriter(out).commit(rows, 7)
+    assert ledger.column("status").to_pylist() == ["ok", "ok", "failed"]
+    samples = list(wds.WebDataset(str(tmp_path / "out" / "shard-000007.tar"), shardshuffle=False))
+    assert [s["__key__"] for s in samples] == ["a_1000_6000", "b_1000_6000"]
+    a, b = samples
+    assert set(a) >= {"mp4", "flac", "json"} and "txt" not in a
+    assert "flac" not in b and b["txt"] == b"a dog barks"
+    meta = json.loads(a["json"])
+    assert meta["span"] == [1.0, 6.0] and meta["meta"] == {"label": "cat"}
+    assert meta["frame_times"] == [1.25, None]  # NaN is not JSON: null
+    assert json.loads(b["json"])["audio_missing"] == "no audio stream"
+    manifest = pq.read_table(tmp_path / "out" / "shard-000007.parquet").to_pylist()
+    assert [m["key"] for m in manifest] == ["a_1000_6000", "b_1000_6000"]
+    assert manifest[1]["vast_cap"] == "a dog barks" and manifest[0]["has_audio"] is True
+    failed = read_ledger(OutputStore(out)).to_pylist()[-1]
+    assert (failed["key"], failed["error_class"], failed["message"]) == ("c_1000_6000", "network",
+                                                                          "Connection refused")
+
+
+def test_a_crash_before_the_ledger_part_leaves_nothing_visible(tmp_path):
+    out = str(tmp_path / "out")
+    writer = ShardWriter(out)
+    writer.commit([clip_row("a_1000_6000")], 0)
+    # a crash after the tar and manifest of commit 1 but before its ledger part:
+    (tmp_path / "out" / "shard-000001.tar").write_bytes(b"partial")
+    (tmp_path / "out" / "shard-000001.parquet").write_bytes(b"partial")
+    (tmp_path / "out" / "ledger" / "part-000002.parquet.tmp-1234").write_bytes(b"partial")
+    store = OutputStore(out)
+    assert store.committed_numbers() == [0]
+    removed = store.clean_uncommitted()
+    assert sorted(removed) == ["ledger/part-000002.parquet.tmp-1234", "shard-000001.parquet",
+                               "shard-000001.tar"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("shard-*")) == ["shard-000000.parquet",
+                                                                          "shard-000000.tar"]
+
+
+def test_recommitting_the_same_batch_replaces_it(tmp_path):
+    out = str(tmp_path / "out")
+    rows = [clip_row("a_1000_6000")]
+    ShardWriter(out).commit(rows, 3)
+    ShardWriter(out).commit(rows, 3)  # a retried Ray task writes the same number
+    assert read_ledger(OutputStore(out)).num_rows == 1
+    assert len(list((tmp_path / "out").glob("*.tar"))) == 1

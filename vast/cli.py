@@ -1,0 +1,206 @@
+"""The ``vast-pipeline`` command line, generated from typed functions (litgpt's ``CLI`` idea).
+
+Each command is a plain function; its signature gives the flags, its docstring's ``Args:`` the
+help. Commands that take ``overrides`` also accept any ``--dotted.config.key VALUE`` after the
+named flags, applied on top of the chosen preset (``--config demo`` or a YAML file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import re
+import sys
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from vast.config import ConfigError, describe
+
+
+def ingest(inputs: list[str], config: str = "demo", output: str | None = None, address: str | None = None,
+           strict: bool = False, no_progress: bool = False, overrides: dict[str, str] | None = None) -> int:
+    """Download, cut and shard the clips named by input files; rerun the same command to resume.
+
+    Args:
+        inputs: input files: ids.txt (SOURCE [START END] per line), .csv, .jsonl or .parquet
+        config: preset name (demo, vast27m, ...) or a YAML file
+        output: output directory or URL (overrides the config's `output`)
+        address: Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)
+        strict: refuse the run before any work if an input line is malformed
+        no_progress: no live progress bar
+    """
+    from vast.pipeline.ingest import ingest as run_ingest
+    from vast.pipeline.ingest import load_config
+    from vast.shards.summary import format_summary
+
+    cfg = load_config(config, _with(overrides, output=output, **{"ray.address": address}))
+    if strict:
+        cfg.strict = True
+    if no_progress:
+        cfg.progress = False
+    summary = run_ingest(inputs, cfg)
+    print(format_summary(summary))
+    return 0
+
+
+def status(output: str, examples: int = 2) -> int:
+    """Show progress and failures by class of an output directory.
+
+    Args:
+        output: the output directory or URL of an ingest
+        examples: example messages shown per failure class
+    """
+    import pyarrow.compute as pc
+
+    from vast.pipeline.ledger import read_ledger
+    from vast.shards.store import OutputStore
+    from vast.shards.summary import format_summary, summarize
+
+    store = OutputStore(output)
+    print(format_summary(summarize(store)))
+    ledger = read_ledger(store)
+    failed = ledger.filter(pc.equal(ledger["status"], "failed"))
+    for cls in sorted(set(failed["error_class"].to_pylist())):
+        rows = failed.filter(pc.equal(failed["error_class"], cls)).slice(0, examples).to_pylist()
+        for r in rows:
+            print(f"  {cls:<14} {r['key'] or r['input']}: {r['message'][:160]}")
+    return 0
+
+
+def retry(output: str, classes: list[str], overrides: dict[str, str] | None = None) -> int:
+    """Re-run only the clips of OUTPUT that failed with the given error classes.
+
+    Args:
+        output: the output directory or URL of an ingest
+        classes: error classes to re-run (e.g. --class rate_limited --class network)
+    """
+    from vast.config import apply_override, from_dict, to_dict
+    from vast.pipeline.ingest import IngestConfig, saved_config
+    from vast.pipeline.ingest import retry as run_retry
+    from vast.shards.summary import format_summary
+
+    data = to_dict(saved_config(output))
+    data["output"] = output
+    for k, v in (overrides or {}).items():
+        apply_override(data, k, v)
+    print(format_summary(run_retry(from_dict(IngestConfig, data), classes)))
+    return 0
+
+
+def sample(directory: str, videos: int = 4) -> int:
+    """Generate sample media and an ids.txt naming them (every line form), to try ingest offline.
+
+    Args:
+        directory: where to write the media and ids.txt
+        videos: how many speech/tone/silent videos to generate
+    """
+    from vast.pipeline.sample_media import write_sample
+
+    ids = write_sample(directory, videos)
+    print(ids)
+    return 0
+
+
+COMMANDS: dict[str, Callable[..., int]] = {
+    "ingest": ingest, "status": status, "retry": retry, "sample": sample}
+FLAG_NAMES = {"classes": "--class"}
+
+
+def _ingest_keys() -> list[tuple[str, str, str]]:
+    """Every ingest config key: the top level, then each registered stage's run spec and options."""
+    from vast.pipeline.ingest import IngestConfig, StageSpec
+    from vast.pipeline.stage import STAGES, stage_class
+
+    rows = [r for r in describe(IngestConfig) if r[0] != "stages"]
+    for stage in STAGES:
+        rows += [r for r in describe(StageSpec, f"stages.{stage}.") if not r[0].endswith(".options")]
+        rows += describe(stage_class(stage).Config, f"stages.{stage}.options.")
+    return rows
+
+
+CONFIG_HELP = {"ingest": _ingest_keys}
+
+
+def _with(overrides: dict[str, str] | None, **named: Any) -> dict[str, Any]:
+    out: dict[str, Any] = dict(overrides or {})
+    out.update({k: v for k, v in named.items() if v is not None})
+    return out
+
+
+def _arg_docs(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
+    doc = inspect.getdoc(fn) or ""
+    summary, _, rest = doc.partition("\n\nArgs:\n")
+    docs = dict(re.findall(r"^\s*(\w+): (.+)$", rest, flags=re.M))
+    return summary, docs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vast-pipeline",
+                                     description="Build VAST-27M-style omni-modal video corpora on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn in COMMANDS.items():
+        summary, docs = _arg_docs(fn)
+        epilog = None
+        if name in CONFIG_HELP:
+            epilog = "config keys (override any with --KEY VALUE):\n" + "\n".join(
+                f"  --{k:<36} {t}\n      {d}" for k, t, d in CONFIG_HELP[name]())
+        p = sub.add_parser(name, help=summary.splitlines()[0], description=summary, epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        hints = typing.get_type_hints(fn)
+        for pname, param in inspect.signature(fn).parameters.items():
+            if pname == "overrides":
+                continue
+            tp, help_ = hints[pname], docs.get(pname, "")
+            is_list = typing.get_origin(tp) is list
+            if param.default is inspect.Parameter.empty and pname not in FLAG_NAMES:
+                p.add_argument(pname, nargs="+" if is_list else None, help=help_)
+            elif tp is bool:
+                p.add_argument(f"--{pname.replace('_', '-')}", action="store_true", help=help_)
+            else:
+                flag = FLAG_NAMES.get(pname, f"--{pname.replace('_', '-')}")
+                base = int if tp in (int, int | None) else str
+                p.add_argument(flag, dest=pname, type=base, default=None if is_list else param.default,
+                               action="append" if is_list else None,
+                               required=param.default is inspect.Parameter.empty, help=help_)
+    return parser
+
+
+def parse_overrides(extra: list[str]) -> dict[str, str]:
+    """``--a.b 1 --c=2`` → ``{"a.b": "1", "c": "2"}``; anything else is an error."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--") or len(arg) < 3:
+            raise ConfigError(f"unexpected argument {arg!r}")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(extra):
+                raise ConfigError(f"{arg} needs a value")
+            key, value = arg[2:], extra[i + 1]
+            i += 2
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    fn = COMMANDS[args.command]
+    kwargs = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        if "overrides" in inspect.signature(fn).parameters:
+            kwargs["overrides"] = parse_overrides(extra)
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return fn(**kwargs)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"vast-pipeline {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

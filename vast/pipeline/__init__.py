@@ -1,0 +1,1 @@
+"""The ingest graph: inputs → plan → fetch → media → (annotation stages) → committed shards."""

@@ -1,0 +1,394 @@
+"""Fetch stage: turn a request's ``source`` (URL or local path) into the bytes of a media file.
+
+URLs go through yt-dlp's Python API (YouTube and the ~1800 other sites it knows, plus plain
+file URLs via its generic extractor); absolute local paths are read as they are. For a span
+request only the span is downloaded where the source allows it (yt-dlp ``download_ranges``,
+ffmpeg seeking over HTTP), and ``media_offset`` says which source time the bytes start at, so
+the media stage cuts the right seconds. Sources longer than ``max_source_s`` are refused before
+any media is downloaded. Failures become ledger rows classed from yt-dlp's message
+(``classify_error``) with that message kept verbatim; transient classes (``network``,
+``rate_limited``) are retried with full-jitter exponential backoff.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from vast.config import ConfigError
+from vast.pipeline.stage import TRANSIENT_CLASSES, SampleError, Stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FetchConfig:
+    """How the fetch stage downloads: format cap, retries, limits, network options."""
+
+    max_height: int = 360
+    """Preferred video height cap: the best format at or below it, else the smallest above it."""
+    retries: int = 3
+    """Extra attempts for transient failures (``network``, ``rate_limited``); 0 = try once."""
+    backoff_s: float = 2.0
+    """Base of the exponential backoff between attempts: attempt k sleeps U(0, backoff_s·2^k)."""
+    backoff_max_s: float = 60.0
+    """Cap on one backoff sleep, in seconds."""
+    socket_timeout_s: float = 30.0
+    """Seconds without network progress before a connection counts as failed (``network``)."""
+    cookies: str | None = None
+    """Netscape cookies.txt for sites that need a login; each call reads a private copy."""
+    proxy: str | None = None
+    """Proxy URL for every request, e.g. ``socks5://127.0.0.1:1080``; None = direct."""
+    rate_limit: str | None = None
+    """Download speed cap per fetch in bytes/s: ``500K``, ``2M``, ``1.5MiB`` (1024-based); None = none."""
+    section: bool = True
+    """For span requests, download only the span where the source allows it (else the whole video)."""
+    force_keyframes: bool = False
+    """Re-encode the downloaded section so it starts exactly at the span start, not at the key
+    frame before it (yt-dlp ``force_keyframes_at_cuts``): costs CPU, not needed by the media stage."""
+    max_source_s: float = 3600.0
+    """Whole-video requests for longer sources, and longer spans, fail as ``too_long`` before download."""
+    max_bytes: int = 2**31
+    """Downloads (or local files) bigger than this fail as ``too_large``; yt-dlp aborts early when it
+    knows the size in advance."""
+    work_dir: str | None = None
+    """Directory for the per-fetch temporary folders (removed after each fetch); None = system temp."""
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ConfigError(f"fetch.retries must be ≥ 0, got {self.retries}")
+        if self.max_height <= 0 or self.max_bytes <= 0 or self.max_source_s <= 0:
+            raise ConfigError("fetch.max_height, max_bytes and max_source_s must be positive")
+        if self.rate_limit is not None:
+            parse_rate(self.rate_limit)  # fail at config time, not in the middle of a run
+
+
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?(?:/s)?$", re.IGNORECASE)
+
+
+def parse_rate(text: str) -> int:
+    """Bytes per second from ``"2M"``, ``"500K"``, ``"1.5MiB/s"``, ``"100000"`` (1024-based, like yt-dlp)."""
+    m = _RATE.match(text.strip())
+    if not m:
+        raise ConfigError(f"fetch.rate_limit: cannot read {text!r} as a rate; use e.g. 500K, 2M, 1.5MiB")
+    number, unit = float(m.group(1)), m.group(2).lower()
+    value = number * 1024 ** ("kmgt".index(unit) + 1) if unit else number
+    if value < 1:
+        raise ConfigError(f"fetch.rate_limit must be at least 1 byte/s, got {text!r}")
+    return int(value)
+
+
+# --- error classification -------------------------------------------------------------------
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+# Checked in order: the first match wins. Order matters where YouTube stacks phrases, e.g.
+# "Video unavailable. This video is private" is private, "Video unavailable. The uploader has not
+# made this video available in your country" is geo_blocked, "... try again later" is a rate limit.
+_CLASS_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (cls, re.compile(pattern, re.IGNORECASE)) for cls, pattern in (
+        ("invalid_input", r"is not a valid URL"),
+        ("private", r"private video|this video is private|members[- ]only|join this channel"
+                    r"|only available for registered users|requires (?:a )?(?:login|payment|purchase)"),
+        ("age_restricted", r"confirm your age|age[- ]restricted|inappropriate for some users"),
+        ("geo_blocked", r"not (?:made this video )?available in your (?:country|region|location)"
+                        r"|geo[- ]?(?:restrict|block)|from your location"),
+        ("rate_limited", r"HTTP Error 429|Too Many Requests|rate[- ]limit|confirm you.re not a bot"
+                         r"|try again later"),
+        ("network", r"HTTP Error 5\d\d|connection (?:refused|reset|aborted)|timed out|timeout"
+                    r"|temporary failure in name resolution|name or service not known|URLError"
+                    r"|urlopen error|network is unreachable|no route to host|remote end closed"
+                    r"|IncompleteRead|content too short|unable to connect to proxy|EOF occurred"),
+        ("unsupported", r"unsupported URL|no video formats found|requested format is not available"
+                        r"|DRM protected"),
+        ("unavailable", r"HTTP Error (?:404|410)|video unavailable|not available|has been removed"
+                        r"|been terminated|does not exist|no longer available|live event will begin"),
+    )
+)
+
+
+def clean_message(message: str) -> str:
+    """The message without ANSI color codes (yt-dlp colors ``ERROR:`` on a terminal)."""
+    return _ANSI.sub("", message).strip()
+
+
+def classify_error(message: str) -> str:
+    """Error class (``stage.ERROR_CLASSES``) of a yt-dlp / network error message; ``other`` if unknown."""
+    text = clean_message(message)
+    for error_class, pattern in _CLASS_PATTERNS:
+        if pattern.search(text):
+            return error_class
+    return "other"
+
+
+# --- the stage -------------------------------------------------------------------------------
+
+
+class _YtdlpLog:
+    """yt-dlp ``logger``: forwards to ``logging`` (no stderr spam from workers) and keeps the tail.
+
+    The tail explains the rare download that ends without a file (yt-dlp reports, e.g., a
+    ``max-filesize`` abort only as a screen message, not as an error).
+    """
+
+    def __init__(self) -> None:
+        self.tail: collections.deque[str] = collections.deque(maxlen=8)
+
+    def debug(self, msg: str) -> None:
+        self.tail.append(msg)
+        log.debug("%s", msg)
+
+    def info(self, msg: str) -> None:
+        self.tail.append(msg)
+        log.info("%s", msg)
+
+    def warning(self, msg: str) -> None:
+        self.tail.append(msg)
+        log.debug("yt-dlp %s", msg)  # warnings such as "falling back on generic extractor" are routine
+
+    def error(self, msg: str) -> None:
+        self.tail.append(msg)
+        log.debug("yt-dlp %s", msg)  # raised as DownloadError right after; the row records it
+
+
+# Fields of yt-dlp's info dict kept in ``source_info`` (provenance for the sample json).
+_INFO_FIELDS = ("id", "title", "duration", "uploader", "channel_id", "upload_date", "webpage_url",
+                "extractor", "format_id", "ext", "width", "height", "fps", "vcodec", "acodec", "license",
+                "language")
+
+
+class Fetcher(Stage):
+    """Download (or read) each request's media; one output row per input row."""
+
+    name = "fetch"
+    Config = FetchConfig
+    output_defaults: ClassVar[dict[str, Any]] = {"media": b"", "media_offset": 0.0, "source_info": "{}"}
+
+    def __init__(self, config: FetchConfig | None = None, sleep: Callable[[float], None] = time.sleep,
+                 rng: random.Random | None = None):
+        super().__init__(config)
+        cfg: FetchConfig = self.config
+        if cfg.cookies is not None and not Path(cfg.cookies).is_file():
+            raise ConfigError(f"fetch.cookies: no such file {cfg.cookies!r}")
+        self.sleep = sleep  # injectable so tests (and callers with their own pacing) do not wait
+        self.rng = rng or random.Random()
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to sleep after failed attempt ``attempt`` (0-based): full jitter, capped."""
+        cfg: FetchConfig = self.config
+        return self.rng.uniform(0.0, min(cfg.backoff_max_s, cfg.backoff_s * 2.0 ** attempt))
+
+    def process(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        """Fetch one request; raises ``SampleError`` for a per-sample failure."""
+        cfg: FetchConfig = self.config
+        source = str(row["source"])
+        start, end = float(row["start"]), float(row["end"])
+        span = None if math.isnan(start) and math.isnan(end) else (start, end)
+        if span is not None and not 0.0 <= start < end:
+            raise SampleError("invalid_input", f"bad span start={start} end={end}")
+        if span is not None and span[1] - span[0] > cfg.max_source_s:
+            raise SampleError("too_long", f"span of {span[1] - span[0]:.1f}s exceeds max_source_s="
+                                          f"{cfg.max_source_s:g}s")
+        if source.startswith(("http://", "https://")):
+            media, offset, info = self._with_retries(lambda: self._download(source, span))
+        elif os.path.isabs(source):
+            media, offset, info = self._read_local(Path(source), span)
+        else:
+            raise SampleError("invalid_input", f"source is neither an http(s) URL nor an absolute path: "
+                                               f"{source!r}")
+        return [{**row, "media": media, "media_offset": offset, "source_info": json.dumps(info)}]
+
+    def _with_retries(self, attempt_fn: Callable[[], Any]) -> Any:
+        cfg: FetchConfig = self.config
+        for attempt in range(cfg.retries + 1):
+            try:
+                return attempt_fn()
+            except SampleError as e:
+                if e.error_class not in TRANSIENT_CLASSES or attempt == cfg.retries:
+                    raise
+                delay = self.backoff(attempt)
+                log.info("fetch attempt %d failed (%s), retrying in %.2fs", attempt + 1, e.error_class, delay)
+                self.sleep(delay)
+        raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
+
+    # -- local files ----------------------------------------------------------------------------
+
+    def _read_local(self, path: Path, span: tuple[float, float] | None) -> tuple[bytes, float, dict]:
+        cfg: FetchConfig = self.config
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise SampleError("unavailable", f"no such file: {path}") from None
+        except OSError as e:
+            raise SampleError("unavailable", f"cannot read {path}: {e}") from None
+        if size > cfg.max_bytes:
+            raise SampleError("too_large", f"{path} is {size} bytes, over max_bytes={cfg.max_bytes}")
+        # An undecodable file is the media stage's to classify; fetch only needs the duration.
+        probed = probe(path)
+        duration = probed.get("duration")
+        if span is None and duration is not None and duration > cfg.max_source_s:
+            raise _too_long(str(path), duration, cfg.max_source_s)
+        try:
+            media = path.read_bytes()
+        except OSError as e:
+            raise SampleError("unavailable", f"cannot read {path}: {e}") from None
+        info = {"id": path.stem, "title": path.stem, "extractor": "local", "webpage_url": str(path),
+                "ext": path.suffix.lstrip(".") or None, **probed, "bytes": len(media),
+                "section_downloaded": False}
+        return media, 0.0, info
+
+    # -- URLs -------------------------------------------------------------------------------------
+
+    def _ydl_params(self, tmp: Path, span: tuple[float, float] | None, logger: _YtdlpLog) -> dict[str, Any]:
+        from yt_dlp.utils import download_range_func
+
+        cfg: FetchConfig = self.config
+        params: dict[str, Any] = {
+            "ignoreconfig": True,  # a user's ~/.config/yt-dlp must not change what a pipeline fetches
+            "quiet": True,
+            "noprogress": True,
+            "logger": logger,
+            "color": {"stdout": "no_color", "stderr": "no_color"},
+            "noplaylist": True,
+            # best at or below the cap, else the smallest above it; a lone direct file always matches
+            "format": "bv*+ba/b",
+            "format_sort": [f"res:{cfg.max_height}"],
+            "paths": {"home": str(tmp), "temp": str(tmp)},
+            "outtmpl": {"default": "media.%(ext)s"},
+            "socket_timeout": cfg.socket_timeout_s,
+            "max_filesize": cfg.max_bytes,
+            # whole-request retries live in _with_retries (with backoff); yt-dlp's own would multiply them
+            "retries": 0,
+            "extractor_retries": 0,
+            # a lost DASH/HLS fragment is cheaper to refetch than the whole download
+            "fragment_retries": cfg.retries,
+            # section downloads run ffmpeg, which ignores socket_timeout: a stalled read must end too
+            "external_downloader_args": {"ffmpeg_i": ["-rw_timeout", str(int(cfg.socket_timeout_s * 1e6))]},
+        }
+        if cfg.cookies:
+            # yt-dlp writes the cookie jar back on exit: concurrent workers must not share the file
+            private = tmp / "cookies.txt"
+            shutil.copyfile(cfg.cookies, private)
+            params["cookiefile"] = str(private)
+        if cfg.proxy:
+            params["proxy"] = cfg.proxy
+        if cfg.rate_limit:
+            params["ratelimit"] = parse_rate(cfg.rate_limit)
+        if span is not None and cfg.section:
+            params["download_ranges"] = download_range_func(None, [span])
+            params["force_keyframes_at_cuts"] = cfg.force_keyframes
+        return params
+
+    def _download(self, url: str, span: tuple[float, float] | None) -> tuple[bytes, float, dict]:
+        try:
+            import yt_dlp
+        except ImportError as e:  # pragma: no cover - yt-dlp is a core dependency
+            raise ImportError("the fetch stage needs yt-dlp: pip install 'vast-pipeline'") from e
+
+        cfg: FetchConfig = self.config
+        logger = _YtdlpLog()
+        with tempfile.TemporaryDirectory(prefix="vast-fetch-", dir=cfg.work_dir,
+                                         ignore_cleanup_errors=True) as tmp_name:
+            tmp = Path(tmp_name)
+            try:
+                with yt_dlp.YoutubeDL(self._ydl_params(tmp, span, logger)) as ydl:
+                    # unprocessed first: a playlist is refused before each of its entries is extracted
+                    info = ydl.extract_info(url, download=False, process=False)
+                    self._check_before_download(info, span)
+                    info = ydl.process_ie_result(info, download=False)  # resolves redirects, picks formats
+                    self._check_before_download(info, span)
+                    # the resolved info is downloaded as is: no second extraction
+                    info = ydl.process_ie_result(info, download=True)
+            except yt_dlp.utils.YoutubeDLError as e:
+                message = clean_message(str(e))
+                raise SampleError(classify_error(message), message) from None
+            downloads = info.get("requested_downloads") or []
+            path = Path(downloads[0]["filepath"]) if downloads and downloads[0].get("filepath") else None
+            if path is None or not path.is_file():
+                said = " | ".join(clean_message(m) for m in logger.tail)
+                error_class = "too_large" if "max-filesize" in said else "other"
+                raise SampleError(error_class, f"yt-dlp produced no file; it said: {said}")
+            size = path.stat().st_size
+            if size > cfg.max_bytes:
+                raise SampleError("too_large", f"downloaded {size} bytes, over max_bytes={cfg.max_bytes}")
+            section_start = downloads[0].get("section_start")
+            sectioned = section_start is not None
+            out = {k: info.get(k) for k in _INFO_FIELDS}
+            if any(out[k] is None for k in ("duration", "width", "height", "fps")):
+                # plain file URLs carry no metadata: probe what arrived, so too_long still holds
+                probed = probe(path)
+                for k in ("width", "height", "fps"):
+                    out[k] = out[k] if out[k] is not None else probed.get(k)
+                if out["duration"] is None and not sectioned:  # a section's length is not the source's
+                    out["duration"] = probed.get("duration")
+                    if span is None and out["duration"] is not None and out["duration"] > cfg.max_source_s:
+                        raise _too_long(url, out["duration"], cfg.max_source_s)
+            out.update(ext=path.suffix.lstrip("."), bytes=size, section_downloaded=sectioned)
+            if sectioned:
+                out["section"] = [section_start, downloads[0].get("section_end")]
+            return path.read_bytes(), float(section_start) if sectioned else 0.0, out
+
+    def _check_before_download(self, info: dict[str, Any], span: tuple[float, float] | None) -> None:
+        """Refuse what must not be downloaded, using only the extracted info."""
+        cfg: FetchConfig = self.config
+        if info.get("_type") in ("playlist", "multi_video"):
+            raise SampleError("unsupported", f"{info.get('webpage_url') or info.get('id')} is a playlist, "
+                                             "not a video")
+        if info.get("is_live") or info.get("live_status") == "is_live":
+            raise SampleError("unsupported", f"{info.get('webpage_url') or info.get('id')} is a live stream")
+        duration = info.get("duration")
+        if duration is None:
+            return
+        if span is None and duration > cfg.max_source_s:
+            raise _too_long(info.get("webpage_url") or "source", duration, cfg.max_source_s)
+        if span is not None and span[0] >= duration:
+            raise SampleError("invalid_input", f"span starts at {span[0]:g}s, after the end of the "
+                                               f"{duration:g}s source")
+        if span is None or not cfg.section:
+            size = info.get("filesize") or info.get("filesize_approx")
+            if size and size > cfg.max_bytes:
+                raise SampleError("too_large", f"selected format is ~{size} bytes, over "
+                                               f"max_bytes={cfg.max_bytes}")
+
+
+def _too_long(what: str, duration: float, limit: float) -> SampleError:
+    return SampleError("too_long", f"{what} lasts {duration:.1f}s, over max_source_s={limit:g}s")
+
+
+def probe(path: Path) -> dict[str, Any]:
+    """Duration, size and frame rate of a media file from ffprobe; ``{}`` entries it cannot read.
+
+    Never raises for a bad file: deciding that a file is undecodable is the media stage's job.
+    """
+    args = ["ffprobe", "-v", "error", "-print_format", "json", "-show_entries",
+            "format=duration:stream=codec_type,width,height,avg_frame_rate", str(path)]
+    try:
+        out = subprocess.run(args, capture_output=True, timeout=60, check=False)
+        data = json.loads(out.stdout or b"{}")
+    except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError):
+        return {}
+    result: dict[str, Any] = {}
+    try:
+        result["duration"] = float(data["format"]["duration"])
+    except (KeyError, TypeError, ValueError):
+        pass
+    video = next((s for s in data.get("streams", []) if s.get("codec_type") == "video"), None)
+    if video:
+        result["width"], result["height"] = video.get("width"), video.get("height")
+        num, _, den = str(video.get("avg_frame_rate", "0/0")).partition("/")
+        if num.isdigit() and den.isdigit() and int(den):
+            result["fps"] = int(num) / int(den)
+    return result

@@ -1,0 +1,243 @@
+"""``ingest`` and ``retry``: plan the requests, skip what is settled, run the graph, summarise.
+
+Resume is derived from committed ledger parts only (``vast.pipeline.ledger``): rerunning the same
+command after any interruption plans exactly the requests (and clips) not yet settled.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+
+from vast.config import ConfigError, from_dict, load_yaml, to_dict
+from vast.pipeline.inputs import REQUEST_SCHEMA, read_inputs
+from vast.pipeline.ledger import (
+    RESUME_COLUMNS,
+    ResumeState,
+    ledger_row,
+    ledger_table,
+    read_ledger,
+    resume_state,
+)
+from vast.pipeline.progress import Progress
+from vast.pipeline.stage import stage_config
+from vast.shards.store import OutputStore
+from vast.shards.summary import summarize
+
+
+@dataclass
+class StageSpec:
+    """How one stage of the graph runs (its own settings live in ``options``)."""
+
+    num_cpus: float = 1.0
+    """CPU cores reserved per task or actor; fractions let I/O-bound stages overlap."""
+    num_gpus: float = 0.0
+    """GPUs per actor (fractional for small models); 0 runs on CPU."""
+    actors: int = 0
+    """0: run as Ray tasks; N > 0: a pool of N actors, each building the stage (its model) once."""
+    batch_size: int = 4
+    """Rows per call of the stage."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """The stage's own config (its ``Config`` dataclass, e.g. ``FetchConfig``), checked by name."""
+
+
+@dataclass
+class ShardOptions:
+    """How committed shards are cut."""
+
+    samples_per_shard: int = 200
+    """Rows per commit: ok samples go to one tar, every row to one ledger part."""
+    writers: int = 1
+    """Shard-writer actors (raise on clusters writing to object storage)."""
+    num_cpus: float = 0.25
+    """CPU reserved per writer."""
+
+
+@dataclass
+class RayOptions:
+    """Where the graph runs."""
+
+    address: str | None = None
+    """Ray cluster address (``ray://…`` or ``host:port``); unset with no RAY_ADDRESS: local Ray."""
+    num_cpus: int | None = None
+    """CPUs of the embedded local Ray (default: all cores)."""
+    object_store_mb: int = 1024
+    """Object store size of the embedded local Ray, in MiB."""
+
+
+@dataclass
+class IngestConfig:
+    """Everything ``vast-pipeline ingest`` does, as one typed config (presets in ``configs/``)."""
+
+    output: str = "out"
+    """Output directory or URL (``s3://bucket/corpus`` …): shards, manifests, ledger, summary."""
+    stages: dict[str, StageSpec] = field(default_factory=lambda: {"fetch": StageSpec(num_cpus=0.25),
+                                                                  "media": StageSpec()})
+    """The graph, in order: stage name → how it runs and its options."""
+    shards: ShardOptions = field(default_factory=ShardOptions)
+    ray: RayOptions = field(default_factory=RayOptions)
+    strict: bool = False
+    """Refuse the whole run, before any work, when an input line is malformed."""
+    progress: bool = True
+    """Show a live progress bar on stderr."""
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ConfigError("stages: at least one stage is needed")
+        for name, spec in self.stages.items():
+            stage_config(name, spec.options)  # unknown stage or bad option: fail now, not in a worker
+
+
+def load_config(preset: str = "demo", overrides: dict[str, Any] | None = None) -> IngestConfig:
+    """A preset name or YAML file, with dotted overrides applied on top."""
+    from vast.config import apply_override
+
+    data = load_yaml(preset)
+    for dotted, value in (overrides or {}).items():
+        apply_override(data, dotted, value)
+    return from_dict(IngestConfig, data)
+
+
+def ingest(inputs: list[str], cfg: IngestConfig) -> dict[str, Any]:
+    """Plan ``inputs``, run everything not yet settled in ``cfg.output``; returns the summary."""
+    reqs = read_inputs(inputs)
+    rejected = reqs.rejected_table()
+    invalid = rejected.filter(pc.equal(rejected["status"], "failed"))
+    if cfg.strict and invalid.num_rows:
+        lines = "\n".join(f"  {w}: {m}" for w, m in zip(invalid["input"].to_pylist()[:20],
+                                                       invalid["message"].to_pylist()[:20], strict=True))
+        raise ConfigError(f"--strict: {invalid.num_rows} malformed input line(s), nothing was run:\n{lines}")
+    requests = reqs.table()
+    return _run(cfg, requests, rejected, save_plan=True)
+
+
+def retry(cfg: IngestConfig, classes: list[str]) -> dict[str, Any]:
+    """Re-run the clips of ``cfg.output`` whose effective ledger row failed with one of ``classes``."""
+    store = OutputStore(cfg.output)
+    ledger = read_ledger(store)
+    failed = ledger.filter(pc.and_(pc.equal(ledger["status"], "failed"),
+                                   pc.is_in(ledger["error_class"], pa.array(classes))))
+    failed = failed.filter(pc.not_equal(failed["error_class"], "invalid_input"))  # nothing to re-run
+    requests, skip = retry_requests(ledger, failed)
+    print(f"retrying {failed.num_rows} clip(s) of class {', '.join(classes)} "
+          f"in {requests.num_rows} request(s)", file=sys.stderr)
+    return _run(cfg, requests, None, save_plan=False, skip=skip)
+
+
+def retry_requests(ledger: pa.Table, failed: pa.Table) -> tuple[pa.Table, dict[str, list[str]]]:
+    """The requests that re-create the ``failed`` clips, and the clip keys each must skip.
+
+    A failed span request is re-run as it was. A failed clip of a whole video (or the video's own
+    failure) re-runs the whole video, skipping every other settled clip of it.
+    """
+    retried = set(failed["key"].to_pylist())
+    rows: dict[str, dict[str, Any]] = {}
+    for r in failed.to_pylist():
+        if r["request"] in rows:
+            continue
+        span = r["key"] == r["request"] and not math.isnan(r["start"])
+        rows[r["request"]] = {
+            "request": r["request"], "key": r["request"], "input": r["input"], "video_id": r["video_id"],
+            "source": r["source"], "start": r["start"] if span else math.nan,
+            "end": r["end"] if span else math.nan, "meta": r["meta"]}
+    settled = ledger.filter(pc.is_in(ledger["request"], pa.array(list(rows), pa.string())))
+    skip: dict[str, list[str]] = {}
+    for req, key in zip(settled["request"].to_pylist(), settled["key"].to_pylist(), strict=True):
+        if key not in retried and key != req:
+            skip.setdefault(req, []).append(key)
+    return pa.Table.from_pylist(list(rows.values()), schema=REQUEST_SCHEMA), skip
+
+
+def _run(cfg: IngestConfig, requests: pa.Table, rejected: pa.Table | None, save_plan: bool,
+         skip: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    from vast.pipeline.graph import run_graph
+
+    started = time.time()
+    store = OutputStore(cfg.output)
+    lock = store.lock()
+    try:
+        removed = store.clean_uncommitted()
+        if removed:
+            print(f"removed {len(removed)} file(s) of an interrupted commit", file=sys.stderr)
+        state = resume_state(read_ledger(store, RESUME_COLUMNS))
+        if save_plan:
+            store.write_bytes("config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+            _write_parquet(store, "plan.parquet", requests)
+        todo = plan_todo(requests, state) if skip is None else with_pipeline_columns(requests, skip)
+        next_commit = max(store.committed_numbers(), default=-1) + 1
+        progress = Progress(total=todo.num_rows, enabled=cfg.progress)
+        if rejected is not None:
+            fresh = rejected.filter(pc.invert(pc.is_in(rejected["input"], state.rejected_inputs)))
+            if fresh.num_rows:
+                rows = [ledger_row({**r, "stage": "plan"}, next_commit) for r in fresh.to_pylist()]
+                progress.update(_commit_ledger(store, rows, next_commit))
+                next_commit += 1
+        print(f"{requests.num_rows} request(s): {requests.num_rows - todo.num_rows} already settled, "
+              f"{todo.num_rows} to run", file=sys.stderr)
+        run_graph(cfg, todo, next_commit, progress.update)
+        progress.close()
+        summary = summarize(store, run={"seconds": round(time.time() - started, 2), **progress.counts()})
+        store.write_bytes("summary.json", _json(summary))
+        return summary
+    finally:
+        lock.close()
+
+
+def plan_todo(requests: pa.Table, state: ResumeState) -> pa.Table:
+    """``requests`` minus settled ones, with ``skip_keys`` for partly settled whole videos."""
+    todo = requests.filter(pc.invert(pc.is_in(requests["request"], state.done_requests)))
+    return with_pipeline_columns(todo, state.partial)
+
+
+def with_pipeline_columns(requests: pa.Table, skip: dict[str, list[str]]) -> pa.Table:
+    """Add the columns every pipeline row carries (``vast.pipeline.stage.LEDGER_COLUMNS``)."""
+    n = requests.num_rows
+    skip_keys = [skip.get(r, []) for r in requests["request"].to_pylist()] if skip else [[]] * n
+    extra = {
+        "skip_keys": pa.array(skip_keys, pa.list_(pa.string())),
+        "n_clips": pa.array(np.ones(n, np.int32)),
+        "status": pa.array(np.full(n, "ok", object), pa.string()),
+        "error_class": pa.array(np.full(n, "", object), pa.string()),
+        "message": pa.array(np.full(n, "", object), pa.string()),
+        "stage": pa.array(np.full(n, "", object), pa.string()),
+    }
+    for name, column in extra.items():
+        requests = requests.append_column(name, column)
+    return requests
+
+
+def _commit_ledger(store: OutputStore, rows: list[dict[str, Any]], number: int) -> pa.Table:
+    table = ledger_table(rows)
+    _write_parquet(store, f"ledger/part-{number:06d}.parquet", table)
+    return table
+
+
+def _write_parquet(store: OutputStore, name: str, table: pa.Table) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    store.write_bytes(name, buf.getvalue())
+
+
+def _json(obj: Any) -> bytes:
+    import json
+
+    return (json.dumps(obj, indent=2, default=str) + "\n").encode()
+
+
+def saved_config(output: str) -> IngestConfig:
+    """The config a previous ``ingest`` into ``output`` ran with."""
+    store = OutputStore(output)
+    if not store.exists("config.yaml"):
+        raise ConfigError(f"{output} holds no config.yaml: was it written by `vast-pipeline ingest`?")
+    with store.open("config.yaml") as f:
+        return from_dict(IngestConfig, yaml.safe_load(f.read()))

@@ -1,0 +1,284 @@
+"""Read the user's input files into requests: one per line or row, each one clip or one whole video.
+
+Accepted files:
+- ``.txt`` (any other suffix too): ``SOURCE [START END]`` per line, SOURCE being a YouTube id, a
+  YouTube or other http(s) URL, a local path (relative paths are taken from the input file's
+  folder) or a ``file://`` URL; START/END in seconds or ``[HH:]MM:SS(.mmm)``; blank lines and
+  ``#`` comments are ignored.
+- ``.csv``, ``.jsonl``, ``.parquet``: columns ``video_id`` or ``url`` (or both), optional
+  ``start``/``end``; every other column is passed through into the sample's json (``meta``).
+
+A line that cannot be understood is not an exception: it becomes a rejected row naming file and
+line, committed to the ledger as ``invalid_input``. The same request twice is processed once; the
+later lines are rejected as ``duplicate`` (they name the line they repeat).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vast.pipeline.keys import YOUTUBE_ID, parse_time, request_key, sanitize, video_id_for, youtube_id
+
+YOUTUBE_WATCH = "https://www.youtube.com/watch?v={}"
+_TIMELIKE = re.compile(r"^[0-9][0-9:.]*$")
+_MEDIA_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".ts", ".mpg", ".mpeg",
+                   ".wmv", ".3gp", ".ogv", ".m4a", ".mp3", ".wav", ".flac", ".ogg", ".opus", ".aac"}
+
+REQUEST_SCHEMA = pa.schema([
+    ("request", pa.string()), ("key", pa.string()), ("input", pa.string()), ("video_id", pa.string()),
+    ("source", pa.string()), ("start", pa.float64()), ("end", pa.float64()), ("meta", pa.string()),
+])
+REJECT_SCHEMA = pa.schema([
+    ("input", pa.string()), ("key", pa.string()), ("request", pa.string()), ("status", pa.string()),
+    ("error_class", pa.string()), ("message", pa.string()),
+])
+
+
+class InputError(ValueError):
+    """A malformed input line (its message names what is wrong with it)."""
+
+
+class Requests:
+    """Columnar requests plus the rejected lines, in input order.
+
+    Rows are gathered in Python lists and moved to Arrow every ``chunk_rows`` rows, so a
+    million-line input never holds a million Python strings per column at once. Duplicates are
+    found in Arrow once everything is read.
+    """
+
+    def __init__(self, chunk_rows: int = 65536):
+        self.chunk_rows = chunk_rows
+        self._chunks: list[pa.Table] = []
+        self._cols: dict[str, list[Any]] = {n: [] for n in REQUEST_SCHEMA.names}
+        self._order: list[int] = []
+        self._rejected: dict[str, list[Any]] = {n: [] for n in REJECT_SCHEMA.names}
+        self._rejected_order: list[int] = []
+        self._seq = 0
+        self._result: tuple[pa.Table, pa.Table] | None = None
+
+    def add(self, where: str, source: str, start: float, end: float, meta: dict[str, Any] | None = None,
+            video_id: str | None = None) -> None:
+        """Add one request (``video_id`` defaults to one derived from the source)."""
+        vid = sanitize(video_id) if video_id else video_id_for(source)
+        req = request_key(vid, start, end)
+        c = self._cols
+        c["request"].append(req)
+        c["key"].append(req)
+        c["input"].append(where)
+        c["video_id"].append(vid)
+        c["source"].append(source)
+        c["start"].append(start)
+        c["end"].append(end)
+        c["meta"].append(json.dumps(meta, ensure_ascii=False, default=str) if meta else "{}")
+        self._order.append(self._next())
+        if len(self._order) >= self.chunk_rows:
+            self._flush()
+
+    def reject(self, where: str, message: str) -> None:
+        """Record a malformed line as an ``invalid_input`` row."""
+        r = self._rejected
+        for name, value in zip(REJECT_SCHEMA.names, (where, "", "", "failed", "invalid_input", message),
+                               strict=True):
+            r[name].append(value)
+        self._rejected_order.append(self._next())
+
+    def _next(self) -> int:
+        self._seq += 1
+        self._result = None
+        return self._seq
+
+    def _flush(self) -> None:
+        if self._order:
+            cols = {**self._cols, "_seq": self._order}
+            self._chunks.append(pa.table(cols, schema=REQUEST_SCHEMA.append(pa.field("_seq", pa.int64()))))
+            self._cols = {n: [] for n in REQUEST_SCHEMA.names}
+            self._order = []
+
+    def _build(self) -> tuple[pa.Table, pa.Table]:
+        if self._result is None:
+            self._flush()
+            schema = REQUEST_SCHEMA.append(pa.field("_seq", pa.int64()))
+            every = pa.concat_tables(self._chunks) if self._chunks else schema.empty_table()
+            self._chunks = [every]
+            first = every.group_by("request", use_threads=False).aggregate([("_seq", "min")])
+            every = every.join(first, "request", use_threads=False).sort_by("_seq")
+            is_first = pc.equal(every["_seq"], every["_seq_min"])
+            unique = every.filter(is_first).select(REQUEST_SCHEMA.names)
+            dups = every.filter(pc.invert(is_first))
+            rejected = pa.table({**self._rejected, "_seq": self._rejected_order},
+                                schema=REJECT_SCHEMA.append(pa.field("_seq", pa.int64())))
+            if dups.num_rows:
+                firsts = unique.select(["request", "input"]).rename_columns(["request", "first_input"])
+                dups = dups.join(firsts, "request", use_threads=False).sort_by("_seq")
+                messages = pc.binary_join_element_wise(
+                    "duplicate of ", dups["first_input"], " (same clip key ", dups["request"], ")", "")
+                n = dups.num_rows
+                dup_rows = pa.table({
+                    "input": dups["input"], "key": dups["request"], "request": dups["request"],
+                    "status": pa.array(["duplicate"] * n), "error_class": pa.array([""] * n),
+                    "message": messages, "_seq": dups["_seq"]}, schema=rejected.schema)
+                rejected = pa.concat_tables([rejected, dup_rows]).sort_by("_seq")
+            self._result = (unique, rejected.drop_columns(["_seq"]))
+        return self._result
+
+    def table(self) -> pa.Table:
+        """The distinct requests, first occurrence of each, in input order."""
+        return self._build()[0]
+
+    def rejected_table(self) -> pa.Table:
+        """Malformed lines (``invalid_input``) and repeated requests (``duplicate``), in input order."""
+        return self._build()[1]
+
+
+def resolve_source(text: str, base: Path) -> tuple[str, str | None]:
+    """A YouTube id, URL, ``file://`` URL or path → (URL or absolute path, YouTube id or None)."""
+    text = text.strip()
+    if not text:
+        raise InputError("empty source")
+    base_s = str(base)
+    # the common case first, cheaply: a bare YouTube id (unless a file of that name is beside us)
+    if YOUTUBE_ID.match(text) and not os.path.exists(os.path.join(base_s, text)):
+        return YOUTUBE_WATCH.format(text), text
+    scheme = urlparse(text).scheme.lower()
+    if scheme in ("http", "https"):
+        if not urlparse(text).hostname:
+            raise InputError(f"URL without a host: {text!r}")
+        return text, youtube_id(text)
+    if scheme == "file":
+        path = unquote(urlparse(text).path)
+        if not path.startswith("/"):
+            raise InputError(f"file:// URL must hold an absolute path: {text!r}")
+        return os.path.normpath(path), None
+    if len(scheme) > 1:  # a one-letter scheme is a Windows drive, which we treat as a path below
+        raise InputError(f"unsupported URL scheme {scheme!r} in {text!r} (use http(s), file:// or a path)")
+    path = os.path.expanduser(text)
+    looks_like_path = "/" in text or os.path.splitext(text)[1].lower() in _MEDIA_SUFFIXES
+    if not looks_like_path and not os.path.exists(os.path.join(base_s, path)):
+        raise InputError(f"{text!r} is not a YouTube id (11 characters), an http(s) URL or a media path")
+    return os.path.abspath(os.path.join(base_s, path)), None
+
+
+def _span(start: Any, end: Any) -> tuple[float, float]:
+    """Validate a (start, end) pair given as strings/numbers/None; NaN, NaN for none."""
+    missing = [v is None or (isinstance(v, float) and math.isnan(v)) or v == "" for v in (start, end)]
+    if all(missing):
+        return math.nan, math.nan
+    if any(missing):
+        raise InputError("START and END must be given together")
+    try:
+        s = parse_time(str(start)) if not isinstance(start, (int, float)) else float(start)
+        e = parse_time(str(end)) if not isinstance(end, (int, float)) else float(end)
+    except ValueError as err:
+        raise InputError(f"bad time: {err}") from None
+    if not (math.isfinite(s) and math.isfinite(e)) or s < 0:
+        raise InputError(f"times must be finite and ≥ 0, got {start!r} {end!r}")
+    if e <= s:
+        raise InputError(f"END ({end}) must be after START ({start})")
+    return s, e
+
+
+def _read_text(path: Path, out: Requests) -> None:
+    base = path.parent
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            hash_at = line.find(" #")
+            if hash_at >= 0:
+                line = line[:hash_at].rstrip()
+            where = f"{path}:{lineno}"
+            try:
+                parts = line.rsplit(None, 2)
+                start = end = None
+                if len(parts) == 3 and _TIMELIKE.match(parts[1]) and _TIMELIKE.match(parts[2]):
+                    text, start, end = parts
+                elif len(parts) >= 2 and _TIMELIKE.match(parts[-1]):
+                    raise InputError("a span needs both START and END")
+                else:
+                    text = line
+                s, e = _span(start, end)
+                source, vid = resolve_source(text, base)
+                out.add(where, source, s, e, video_id=vid)
+            except InputError as err:
+                out.reject(where, f"{err} in line {raw.rstrip()!r}")
+
+
+def _add_record(out: Requests, where: str, record: dict[str, Any], base: Path) -> None:
+    rec = {k: v for k, v in record.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+    url, vid = rec.pop("url", None), rec.pop("video_id", None)
+    start, end = rec.pop("start", None), rec.pop("end", None)
+    if not url and not vid:
+        raise InputError(f"needs a 'video_id' or 'url' column, got {sorted(record)}")
+    source, yt = resolve_source(str(url or vid), base)
+    vid = vid or yt
+    s, e = _span(start, end)
+    out.add(where, source, s, e, meta=rec or None, video_id=str(vid) if vid else None)
+
+
+def _read_records(path: Path, out: Requests) -> None:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    record = json.loads(raw)
+                    if not isinstance(record, dict):
+                        raise InputError("a jsonl line must be an object")
+                    _add_record(out, where, record, path.parent)
+                except (InputError, json.JSONDecodeError) as err:
+                    out.reject(where, f"{err} in line {raw.rstrip()[:200]!r}")
+    elif suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            for record in reader:
+                where = f"{path}:{reader.line_num}"
+                try:
+                    if None in record:
+                        raise InputError("more fields than the header names")
+                    _add_record(out, where, {k: (v if v != "" else None) for k, v in record.items()},
+                                path.parent)
+                except InputError as err:
+                    out.reject(where, str(err))
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        row = 0
+        for batch in pf.iter_batches(batch_size=65536):
+            for record in batch.to_pylist():
+                row += 1
+                where = f"{path}:row{row}"
+                try:
+                    _add_record(out, where, record, path.parent)
+                except InputError as err:
+                    out.reject(where, str(err))
+    else:
+        raise ValueError(f"not a record file: {path}")
+
+
+def read_inputs(paths: list[str | Path]) -> Requests:
+    """Parse every input file, in order; raises FileNotFoundError for a missing file."""
+    out = Requests()
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise FileNotFoundError(f"input file not found: {path}")
+        if path.suffix.lower() in (".csv", ".jsonl", ".parquet"):
+            _read_records(path, out)
+        else:
+            _read_text(path, out)
+    return out

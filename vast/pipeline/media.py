@@ -1,0 +1,314 @@
+"""The media stage: downloaded bytes → clips (small H.264 mp4, 16 kHz mono FLAC, sampled frames).
+
+Per request: the bytes go to a temporary file, ``ffprobe`` classifies them (empty, undecodable,
+no video), the request becomes its clips (a span request is one clip; a whole video is cut at
+scene changes by ``scenes.py``), and each clip costs one ffmpeg process that seeks on the
+input, decodes the segment once and writes both the mp4 and the FLAC. The frames handed to the
+captioners are then read by decord from the small re-encoded mp4, never from the source.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from vast.pipeline.keys import clip_key
+from vast.pipeline.scenes import SceneDetectionError, detect_cuts, plan_clips, stderr_tail
+from vast.pipeline.stage import SampleError, Stage, fail
+
+
+@dataclass
+class MediaConfig:
+    """How clips are cut, encoded and sampled."""
+
+    max_height: int = 360
+    """Clips are scaled down to at most this many pixel rows (aspect kept, even dimensions)."""
+    fps: float | None = None
+    """Frame-rate cap of the re-encoded clip; None keeps the source rate."""
+    gop_s: float = 1.0
+    """Keyframe interval in seconds: a short GOP keeps the trainer's random seeks cheap."""
+    crf: int = 23
+    """x264 constant rate factor (lower is better quality, bigger files)."""
+    preset: str = "veryfast"
+    """x264 preset: the encode dominates the stage's CPU time."""
+    num_frames: int = 8
+    """Frames sampled uniformly over each clip (segment middles) for the captioners."""
+    frame_size: int = 224
+    """Sampled frames are resized to frame_size x frame_size RGB."""
+    audio_rate: int = 16000
+    """Sample rate of the mono FLAC track."""
+    min_clip_s: float = 5.0
+    """Whole videos: shortest clip (shorter scenes are merged); a shorter video stays one clip."""
+    max_clip_s: float = 30.0
+    """Whole videos: longest clip (longer scenes are split evenly); at least 2 x min_clip_s."""
+    scene_threshold: float = 0.3
+    """ffmpeg ``scene`` score in [0, 1] above which two analysed frames are a scene cut."""
+    threads: int = 1
+    """ffmpeg/decord threads per clip: one, so that parallel tasks (one per core) scale."""
+    timeout_s: float = 600.0
+    """Wall-clock limit of each ffmpeg/ffprobe process (scene detection of a long video included)."""
+
+
+class MediaCutter(Stage):
+    """Cuts each fetched request into clips and encodes them; see the module docstring.
+
+    Adds ``mp4`` (bytes), ``flac`` (bytes, b"" when the clip has no audio), ``frames`` (uint8
+    ``(num_frames, frame_size, frame_size, 3)``) and ``clip_info`` (JSON str). A request that
+    cannot be used at all (empty, undecodable, no video, span outside the media) raises
+    ``SampleError``; a clip that fails to encode becomes a failed row of its own clip key, so
+    the other clips of the video survive.
+    """
+
+    name = "media"
+    Config = MediaConfig
+    drops = ("media", "media_offset")
+
+    def __init__(self, config: MediaConfig | None = None):
+        super().__init__(config)
+        c: MediaConfig = self.config
+        if c.max_clip_s < 2 * c.min_clip_s:
+            raise ValueError(f"max_clip_s ({c.max_clip_s}) must be at least twice "
+                             f"min_clip_s ({c.min_clip_s})")
+        if c.num_frames < 1 or c.frame_size < 1 or c.max_height < 2:
+            raise ValueError("num_frames and frame_size must be ≥ 1 and max_height ≥ 2")
+        s = c.frame_size
+        self.output_defaults = {"mp4": b"", "flac": b"", "frames": np.zeros((0, s, s, 3), np.uint8),
+                                "clip_info": "{}"}
+
+    def process(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        """One fetched request → its clip rows (committed clips in ``skip_keys`` left out)."""
+        data = row["media"]
+        if not data:
+            raise SampleError("empty_media", "the fetched media is 0 bytes")
+        offset = float(row.get("media_offset") or 0.0)
+        skip = set(row["skip_keys"]) if row.get("skip_keys") is not None else set()
+        with tempfile.TemporaryDirectory(prefix="vast-media-") as tmp:
+            src = Path(tmp) / f"source{_suffix(row.get('source', ''))}"
+            src.write_bytes(data)
+            probe = self._probe(src)
+            duration = probe["duration"]
+            if row["start"] is None or math.isnan(row["start"]):
+                spans = self._scene_clips(src, duration, row)
+            else:
+                spans = [self._span(row, offset, probe)]
+            out = []
+            for rel_start, rel_end, abs_start, abs_end in spans:
+                key = clip_key(row["video_id"], abs_start, abs_end)
+                if key in skip:
+                    continue
+                clip_row = {**row, "key": key, "start": abs_start, "end": abs_end, "n_clips": len(spans)}
+                try:
+                    out.append({**clip_row, **self._cut(src, Path(tmp), rel_start, rel_end, probe, offset)})
+                except SampleError as e:
+                    out.append(fail(clip_row, e.error_class, e.message, self.name))
+            return out
+
+    # -- request level -------------------------------------------------------------------------
+
+    def _probe(self, src: Path) -> dict[str, Any]:
+        """ffprobe facts of the source, or the SampleError that classifies it."""
+        args = ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(src)]
+        proc = self._run(args)
+        if proc.returncode != 0:
+            raise SampleError("decode_error", stderr_tail(proc.stderr) or f"ffprobe exited {proc.returncode}")
+        info = json.loads(proc.stdout or b"{}")
+        streams = info.get("streams", [])
+        fmt = info.get("format", {})
+        if not streams:
+            raise SampleError("decode_error", f"no streams found (format {fmt.get('format_name', '?')})")
+        # Cover art in audio files is a one-picture "video" stream: not a video.
+        video = [s for s in streams if s.get("codec_type") == "video"
+                 and not s.get("disposition", {}).get("attached_pic")]
+        audio = [s for s in streams if s.get("codec_type") == "audio"]
+        if not video:
+            kinds = ", ".join(sorted({s.get("codec_type", "?") for s in streams}))
+            raise SampleError("no_video_stream", f"streams: {kinds}")
+        v = video[0]
+        # The video stream's extent is what clips can show (an audio track may run longer);
+        # containers such as webm/mkv only state the format's duration.
+        duration = _float(v.get("duration")) or _float(fmt.get("duration"))
+        if not duration or duration <= 0:
+            raise SampleError("empty_media", f"duration is {fmt.get('duration')!r}")
+        width, height = int(v.get("width") or 0), int(v.get("height") or 0)
+        if not width or not height:
+            raise SampleError("decode_error", f"video stream {v.get('codec_name')} has no frame size")
+        if _rotation(v) % 180 == 90:  # ffmpeg autorotates: the filters see the displayed shape
+            width, height = height, width
+        return {
+            "duration": duration,
+            "format": fmt.get("format_name"),
+            "video_index": int(v["index"]),
+            "video_codec": v.get("codec_name"),
+            "width": width,
+            "height": height,
+            "fps": _rate(v.get("avg_frame_rate")) or _rate(v.get("r_frame_rate")),
+            "audio_codec": audio[0].get("codec_name") if audio else None,
+            "audio_rate": int(audio[0].get("sample_rate") or 0) if audio else None,
+            "audio_channels": audio[0].get("channels") if audio else None,
+        }
+
+    def _span(self, row: dict[str, Any], offset: float,
+              probe: dict[str, Any]) -> tuple[float, float, float, float]:
+        """A span request: (start, end) in the media file and in the source, clamped to the media."""
+        start, end, duration = float(row["start"]), float(row["end"]), probe["duration"]
+        if math.isnan(end):
+            end = offset + duration
+        rel_start, rel_end = max(0.0, start - offset), min(duration, end - offset)
+        # Less than one frame of video in the span would give an mp4 without pictures.
+        if rel_end - rel_start < 1 / (probe["fps"] or 25.0):
+            raise SampleError("invalid_input", f"span {start:g}-{end:g} s holds no video frame of the media "
+                                               f"(source {offset:g}-{offset + duration:g} s)")
+        # The key and span stay the requested ones: resume derives this clip's key from the request.
+        return rel_start, rel_end, start, end
+
+    def _scene_clips(self, src: Path, duration: float,
+                     row: dict[str, Any]) -> list[tuple[float, float, float, float]]:
+        """A whole-video request: clips at scene changes, in the file and in the source."""
+        c: MediaConfig = self.config
+        try:
+            cuts = detect_cuts(src, c.scene_threshold, threads=c.threads, timeout_s=c.timeout_s)
+        except SceneDetectionError as e:
+            raise SampleError("decode_error", e.stderr) from None
+        except subprocess.TimeoutExpired:
+            raise SampleError("decode_error", f"scene detection timed out after {c.timeout_s:g} s") from None
+        offset = float(row.get("media_offset") or 0.0)
+        return [(a, b, round(a + offset, 3), round(b + offset, 3))
+                for a, b in plan_clips(duration, cuts, c.min_clip_s, c.max_clip_s)]
+
+    # -- clip level ----------------------------------------------------------------------------
+
+    def _cut(self, src: Path, tmp: Path, start: float, end: float, probe: dict[str, Any],
+             offset: float) -> dict[str, Any]:
+        """Encode one clip ([start, end] s of the media file) → mp4, flac, frames, clip_info."""
+        c: MediaConfig = self.config
+        mp4, flac = tmp / "clip.mp4", tmp / "clip.flac"
+        for stale in (mp4, flac):  # the previous clip's outputs must never be read for this one
+            stale.unlink(missing_ok=True)
+        src_fps = probe["fps"] or 25.0
+        out_fps = min(src_fps, c.fps) if c.fps else src_fps
+        height = min(c.max_height, probe["height"]) // 2 * 2
+        # Same rounding as ffmpeg's scale=-2 (av_rescale rounds to nearest, then ×2).
+        ih = probe["height"] or 1
+        width = (height * probe["width"] + ih) // (2 * ih) * 2
+        vf = ([f"fps={c.fps:g}"] if c.fps and src_fps > c.fps else []) + [f"scale=-2:{height}"]
+        threads = str(c.threads)
+        args = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", "-threads", threads,
+                # -ss/-t before -i: seek on the input (jump to the keyframe before the start,
+                # decode only the segment), and limit both outputs at once.
+                "-ss", f"{start:.3f}", "-t", f"{end - start:.3f}", "-i", str(src),
+                "-filter_threads", threads,
+                "-map", f"0:{probe['video_index']}", "-vf", ",".join(vf),
+                "-c:v", "libx264", "-preset", c.preset, "-crf", str(c.crf), "-pix_fmt", "yuv420p",
+                "-g", str(max(1, round(c.gop_s * out_fps))), "-threads", threads,
+                "-movflags", "+faststart", "-map_metadata", "-1", str(mp4)]
+        has_audio = probe["audio_codec"] is not None
+        if has_audio:
+            args += ["-map", "0:a:0", "-ac", "1", "-ar", str(c.audio_rate),
+                     "-c:a", "flac", "-map_metadata", "-1", str(flac)]
+        proc = self._run(args)
+        if proc.returncode != 0:
+            raise SampleError("decode_error", stderr_tail(proc.stderr) or f"ffmpeg exited {proc.returncode}")
+
+        if not mp4.exists() or (has_audio and not flac.exists()):
+            raise SampleError("decode_error", f"ffmpeg wrote no output: {stderr_tail(proc.stderr)}")
+        mp4_bytes = mp4.read_bytes()
+        flac_bytes, audio_missing, audio_s = b"", "no audio stream", None
+        if has_audio:
+            flac_bytes = flac.read_bytes()
+            samples = _flac_samples(flac_bytes)
+            audio_s = samples / c.audio_rate if samples else 0.0
+            audio_missing = None if samples else "audio stream has no samples in this clip"
+            if not samples:
+                flac_bytes = b""
+        frames, frame_times, n_frames, fps = self._frames(mp4)
+        info = {
+            "duration": round(n_frames / fps, 3) if fps else end - start,
+            "fps": round(fps, 3),
+            "width": width,
+            "height": height,
+            "video_codec": "h264",
+            "gop_frames": max(1, round(c.gop_s * out_fps)),
+            "has_audio": bool(flac_bytes),
+            "audio_missing": audio_missing,
+            "audio_rate": c.audio_rate if flac_bytes else None,
+            "audio_duration": round(audio_s, 3) if audio_s else None,
+            "frame_times": [round(t, 3) for t in frame_times],
+            "source": {k: probe[k] for k in ("duration", "format", "video_codec", "width", "height", "fps",
+                                             "audio_codec", "audio_rate", "audio_channels")}
+            | {"media_offset": offset, "clip_start_in_media": round(start, 3)},
+        }
+        return {"mp4": mp4_bytes, "flac": flac_bytes, "frames": frames, "clip_info": json.dumps(info)}
+
+    def _frames(self, mp4: Path) -> tuple[np.ndarray, list[float], int, float]:
+        """``num_frames`` frames at the middles of equal segments of the clip, resized by decord."""
+        import decord  # here, not at the top: building the graph imports this module without decoding
+
+        c: MediaConfig = self.config
+        try:
+            vr = decord.VideoReader(str(mp4), ctx=decord.cpu(0), width=c.frame_size, height=c.frame_size,
+                                    num_threads=c.threads)
+            n = len(vr)
+            if n == 0:
+                raise SampleError("decode_error", "the clip has no video frames")
+            idx = [min(n - 1, int((i + 0.5) * n / c.num_frames)) for i in range(c.num_frames)]
+            frames = vr.get_batch(idx).asnumpy()  # (num_frames, S, S, 3) uint8
+            times = vr.get_frame_timestamp(idx)[:, 0].tolist()
+            fps = float(vr.get_avg_fps())
+        except decord.DECORDError as e:
+            raise SampleError("decode_error", f"decord: {str(e)[-500:]}") from None
+        return np.ascontiguousarray(frames, dtype=np.uint8), times, n, fps
+
+    def _run(self, args: list[str]) -> subprocess.CompletedProcess[bytes]:
+        try:
+            return subprocess.run(args, capture_output=True, timeout=self.config.timeout_s)
+        except subprocess.TimeoutExpired:
+            raise SampleError("decode_error",
+                              f"{args[0]} timed out after {self.config.timeout_s:g} s") from None
+
+
+def _suffix(source: str) -> str:
+    """The source's file extension when it has a plausible one (helps ffmpeg probe raw streams)."""
+    suffix = PurePosixPath(urlparse(str(source)).path).suffix.lower()
+    return suffix if 1 < len(suffix) <= 6 and suffix[1:].isalnum() else ".media"
+
+
+def _float(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _rate(text: str | None) -> float | None:
+    """``"30000/1001"`` → 29.97; ``"0/0"`` or missing → None."""
+    try:
+        num, den = (text or "").split("/")
+        return float(num) / float(den) if float(den) and float(num) else None
+    except ValueError:
+        return None
+
+
+def _rotation(stream: dict[str, Any]) -> int:
+    """Display rotation in degrees (side data in ffmpeg ≥ 5, the ``rotate`` tag before)."""
+    for side in stream.get("side_data_list", []):
+        if "rotation" in side:
+            return int(side["rotation"]) % 360
+    return int(_float(stream.get("tags", {}).get("rotate")) or 0) % 360
+
+
+def _flac_samples(data: bytes) -> int:
+    """Total samples from a FLAC STREAMINFO block (the first metadata block, right after ``fLaC``)."""
+    if len(data) < 26 or data[:4] != b"fLaC":
+        return 0
+    # STREAMINFO body starts at byte 8; bytes 10..17 pack rate(20) channels(3) bps(5) samples(36).
+    packed = int.from_bytes(data[18:26], "big")
+    return packed & ((1 << 36) - 1)

@@ -1,0 +1,1 @@
+"""Shards: the sample schema, the committing shard writer, the ledger and the dataset summary."""

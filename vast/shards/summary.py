@@ -1,0 +1,70 @@
+"""Dataset totals of an output directory, from its effective ledger and committed shards."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vast.shards.store import COMMIT_RE, OutputStore
+
+
+def summarize(store: OutputStore, run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Counts by status and error class, hours of video, bytes, shards; ``run`` adds this run's figures."""
+    from vast.pipeline.ledger import read_ledger
+
+    ledger = read_ledger(store)
+    status = _counts(ledger["status"])
+    errors = _counts(ledger.filter(pc.equal(ledger["status"], "failed"))["error_class"])
+    ok = ledger.filter(pc.equal(ledger["status"], "ok"))
+    tars = [n for n in store.ls() if n.endswith(".tar") and COMMIT_RE.search(n)]
+    summary: dict[str, Any] = {
+        "output": store.url,
+        "clips": {"ok": status.get("ok", 0), "failed": status.get("failed", 0)},
+        "duplicate_lines": status.get("duplicate", 0),
+        "errors": errors,
+        "hours": round(float(pc.sum(ok["duration"]).as_py() or 0.0) / 3600, 4),
+        "bytes": sum(store.size(n) for n in tars),
+        "shards": len(tars),
+        "requests": len(set(ledger["request"].to_pylist()) - {""}),
+    }
+    if store.exists("plan.parquet"):
+        import pyarrow.parquet as pq
+
+        from vast.pipeline.ledger import resume_state
+
+        with store.open("plan.parquet") as f:
+            planned = pq.read_table(f, columns=["request"])["request"]
+        done = resume_state(ledger).done_requests
+        summary["planned_requests"] = len(planned)
+        summary["pending_requests"] = int(pc.sum(pc.invert(pc.is_in(planned, done))).as_py() or 0)
+    if run is not None:
+        summary["run"] = run
+    return summary
+
+
+def _counts(column: pa.ChunkedArray) -> dict[str, int]:
+    if len(column) == 0:
+        return {}
+    vc = pc.value_counts(column)
+    return dict(sorted(((v["values"].as_py(), v["counts"].as_py()) for v in vc), key=lambda kv: -kv[1]))
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as a few human lines."""
+    gib = summary["bytes"] / 2**30
+    lines = [
+        f"output   {summary['output']}",
+        f"clips    ok {summary['clips']['ok']}   failed {summary['clips']['failed']}   "
+        f"duplicate lines {summary['duplicate_lines']}",
+        f"video    {summary['hours']:.3f} h in {summary['shards']} shard(s), {gib:.3f} GiB",
+    ]
+    if "planned_requests" in summary:
+        lines.append(f"requests {summary['planned_requests']} planned, {summary['pending_requests']} pending")
+    if summary["errors"]:
+        lines.append("failures " + "   ".join(f"{k} {v}" for k, v in summary["errors"].items()))
+    if "run" in summary:
+        run = summary["run"]
+        lines.append(f"this run {run['seconds']:.1f} s, {run['clips_per_s']:.2f} clips/s")
+    return "\n".join(lines)
