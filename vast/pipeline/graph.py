@@ -4,7 +4,7 @@ The graph is built from the config's ordered ``stages`` mapping: each name is lo
 stage registry (``vast.pipeline.stage.STAGES``), so a new stage plugs in by registering it and
 naming it in a preset — this file does not change. Stages without ``actors`` run as Ray tasks;
 stages with ``actors: N`` run on a pool of N actors that construct the stage (and load its model)
-once. The last operator commits each batch of ``shards.samples_per_shard`` rows as one shard and
+once. The last operator (Ray tasks) commits each batch of ``shards.samples_per_shard`` rows as one shard and
 sends only the small ledger rows back to the driver, so memory stays bounded by the pipeline's
 width, not the input's length.
 """
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from vast.pipeline.stage import batch_len, rows_of, stage_class, stage_config
+from vast.pipeline.stage import rows_of, stage_class, stage_config
 
 if TYPE_CHECKING:
     from vast.pipeline.ingest import IngestConfig, RayOptions
@@ -87,23 +87,17 @@ def _stage_instance(name: str, config: Any) -> Any:
     return _STAGE_CACHE[key]
 
 
-class _CommitBatch:
-    """The graph's sink: one call, one commit."""
+def _commit_batch(output: str, counter: Any, batch: dict[str, Any]) -> pa.Table:
+    """The graph's sink: one call, one commit; a retried task gets the same commit number."""
+    import ray
 
-    def __init__(self, output: str, counter: Any):
-        self.output = output
-        self.counter = counter
+    from vast.shards.writer import ShardWriter
 
-    def __call__(self, batch: dict[str, Any]) -> pa.Table:
-        import ray
-
-        from vast.shards.writer import ShardWriter
-
-        rows = rows_of(batch)
-        digest = hashlib.sha1("\n".join(sorted(f"{r['key']}|{r['input']}|{r['status']}" for r in rows))
-                              .encode()).hexdigest()
-        number = ray.get(self.counter.number.remote(digest))
-        return ShardWriter(self.output).commit(rows, number)
+    rows = rows_of(batch)
+    digest = hashlib.sha1("\n".join(sorted(f"{r['key']}|{r['input']}|{r['status']}" for r in rows))
+                          .encode()).hexdigest()
+    number = ray.get(counter.number.remote(digest))
+    return ShardWriter(output).commit(rows, number)
 
 
 def build_dataset(cfg: IngestConfig, requests: pa.Table, counter: Any) -> Any:
@@ -127,9 +121,8 @@ def build_dataset(cfg: IngestConfig, requests: pa.Table, counter: Any) -> Any:
         else:
             ds = ds.map_batches(functools.partial(_run_stage, name, config), batch_size=spec.batch_size,
                                 batch_format="numpy", zero_copy_batch=False, **remote_args)
-    return ds.map_batches(_CommitBatch, fn_constructor_args=(cfg.output, counter),
+    return ds.map_batches(functools.partial(_commit_batch, cfg.output, counter),
                           batch_size=cfg.shards.samples_per_shard, batch_format="numpy",
-                          compute=ray.data.ActorPoolStrategy(size=cfg.shards.writers),
                           num_cpus=cfg.shards.num_cpus)
 
 
@@ -143,11 +136,14 @@ def run_graph(cfg: IngestConfig, requests: pa.Table, first_commit: int,
 
     init_ray(cfg.ray)
     counter = _make_counter(first_commit)
+    window = cfg.ray.window_requests
     try:
-        if requests.num_rows:
-            ds = build_dataset(cfg, requests, counter)
+        # one dataset per window of requests: the object store never holds more than a window
+        # of the plan, however long the input is
+        for lo in range(0, requests.num_rows, window):
+            ds = build_dataset(cfg, requests.slice(lo, window), counter)
             for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                if batch_len({c: table[c] for c in table.column_names}):
+                if table.num_rows:
                     on_commit(table)
         return ray.get(counter.reserve.remote())
     finally:

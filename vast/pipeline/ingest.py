@@ -57,10 +57,8 @@ class ShardOptions:
 
     samples_per_shard: int = 200
     """Rows per commit: ok samples go to one tar, every row to one ledger part."""
-    writers: int = 1
-    """Shard-writer actors (raise on clusters writing to object storage)."""
     num_cpus: float = 0.25
-    """CPU reserved per writer."""
+    """CPU reserved per shard-writing task."""
 
 
 @dataclass
@@ -73,6 +71,8 @@ class RayOptions:
     """CPUs of the embedded local Ray (default: all cores)."""
     object_store_mb: int = 1024
     """Object store size of the embedded local Ray, in MiB."""
+    window_requests: int = 20000
+    """Requests handed to Ray per streaming window: bounds the plan's share of the object store."""
 
 
 @dataclass
