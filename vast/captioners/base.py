@@ -140,8 +140,8 @@ def decode_audio(data: bytes, rate: int = 16000) -> Any:
 
     if not data:
         return np.zeros(0, np.float32)
-    proc = subprocess.run(["ffmpeg", "-v", "error", "-i", "pipe:0", "-f", "f32le", "-ac", "1", "-ar", str(rate),
-                           "pipe:1"], input=bytes(data), capture_output=True, check=False)
+    args = ["ffmpeg", "-v", "error", "-i", "pipe:0", "-f", "f32le", "-ac", "1", "-ar", str(rate), "pipe:1"]
+    proc = subprocess.run(args, input=bytes(data), capture_output=True, check=False)
     if proc.returncode != 0:
         raise SampleError("decode_error", proc.stderr.decode(errors="replace").strip()[-500:])
     return np.frombuffer(proc.stdout, np.float32).copy()
