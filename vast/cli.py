@@ -88,6 +88,20 @@ def retry(output: str, classes: list[str], overrides: dict[str, str] | None = No
     return 0
 
 
+def export(output: str, path: str) -> int:
+    """Write the committed samples' annotations as VAST-27M-format JSON.
+
+    Args:
+        output: the output directory or URL of an ingest
+        path: the JSON file to write (records: id, url, begin_s, end_s, begin_t, end_t, vision_cap,
+            audio_cap, subtitle, vast_cap)
+    """
+    from vast.shards.vast27m import export_vast27m
+
+    print(f"{export_vast27m(output, path)} record(s) → {path}")
+    return 0
+
+
 def sample(directory: str, videos: int = 4) -> int:
     """Generate sample media and an ids.txt naming them (every line form), to try ingest offline.
 
@@ -103,7 +117,7 @@ def sample(directory: str, videos: int = 4) -> int:
 
 
 COMMANDS: dict[str, Callable[..., int]] = {
-    "ingest": ingest, "status": status, "retry": retry, "sample": sample}
+    "ingest": ingest, "status": status, "retry": retry, "export": export, "sample": sample}
 FLAG_NAMES = {"classes": "--class"}
 
 

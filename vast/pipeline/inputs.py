@@ -5,8 +5,11 @@ Accepted files:
   YouTube or other http(s) URL, a local path (relative paths are taken from the input file's
   folder) or a ``file://`` URL; START/END in seconds or ``[HH:]MM:SS(.mmm)``; blank lines and
   ``#`` comments are ignored.
-- ``.csv``, ``.jsonl``, ``.parquet``: columns ``video_id`` or ``url`` (or both), optional
-  ``start``/``end``; every other column is passed through into the sample's json (``meta``).
+- ``.csv``, ``.jsonl``, ``.parquet``, ``.json`` (a list of records): columns ``video_id`` or ``url``
+  (or both), optional ``start``/``end``; every other column is passed through into the sample's
+  json (``meta``). VAST-27M annotation records are understood as they are: ``begin_s``/``end_s``
+  (or ``begin_t``/``end_t``) are the span and ``vision_cap``, ``audio_cap``, ``subtitle``,
+  ``vast_cap`` become the sample's annotations (the annotation stages skip what is present).
 
 A line that cannot be understood is not an exception: it becomes a rejected row naming file and
 line, committed to the ledger as ``invalid_input``. The same request twice is processed once; the
@@ -37,7 +40,12 @@ _MEDIA_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".ts
 REQUEST_SCHEMA = pa.schema([
     ("request", pa.string()), ("key", pa.string()), ("input", pa.string()), ("video_id", pa.string()),
     ("source", pa.string()), ("start", pa.float64()), ("end", pa.float64()), ("meta", pa.string()),
+    # annotations given with the input (a VAST-27M annotation file): null when absent, and the
+    # annotation stages fill only what is missing
+    ("vision_cap", pa.list_(pa.string())), ("audio_cap", pa.list_(pa.string())), ("subtitle", pa.string()),
+    ("vast_cap", pa.string()), ("provenance", pa.string()),
 ])
+ANNOTATIONS = {"vision_cap": list, "audio_cap": list, "subtitle": str, "vast_cap": str}
 REJECT_SCHEMA = pa.schema([
     ("input", pa.string()), ("key", pa.string()), ("request", pa.string()), ("status", pa.string()),
     ("error_class", pa.string()), ("message", pa.string()),
@@ -67,7 +75,7 @@ class Requests:
         self._result: tuple[pa.Table, pa.Table] | None = None
 
     def add(self, where: str, source: str, start: float, end: float, meta: dict[str, Any] | None = None,
-            video_id: str | None = None) -> None:
+            video_id: str | None = None, annotations: dict[str, Any] | None = None) -> None:
         """Add one request (``video_id`` defaults to one derived from the source)."""
         vid = sanitize(video_id) if video_id else video_id_for(source)
         req = request_key(vid, start, end)
@@ -80,6 +88,11 @@ class Requests:
         c["start"].append(start)
         c["end"].append(end)
         c["meta"].append(json.dumps(meta, ensure_ascii=False, default=str) if meta else "{}")
+        annotations = annotations or {}
+        for name in ANNOTATIONS:
+            c[name].append(annotations.get(name))
+        c["provenance"].append(json.dumps({name: {"imported_from": where} for name in annotations})
+                               if annotations else None)
         self._order.append(self._next())
         if len(self._order) >= self.chunk_rows:
             self._flush()
@@ -111,10 +124,9 @@ class Requests:
             every = pa.concat_tables(self._chunks) if self._chunks else schema.empty_table()
             self._chunks = [every]
             first = every.group_by("request", use_threads=False).aggregate([("_seq", "min")])
-            every = every.join(first, "request", use_threads=False).sort_by("_seq")
-            is_first = pc.equal(every["_seq"], every["_seq_min"])
+            is_first = pc.is_in(every["_seq"], value_set=first["_seq_min"])
             unique = every.filter(is_first).select(REQUEST_SCHEMA.names)
-            dups = every.filter(pc.invert(is_first))
+            dups = every.filter(pc.invert(is_first)).select(["input", "request", "_seq"])
             rejected = pa.table({**self._rejected, "_seq": self._rejected_order},
                                 schema=REJECT_SCHEMA.append(pa.field("_seq", pa.int64())))
             if dups.num_rows:
@@ -218,12 +230,29 @@ def _add_record(out: Requests, where: str, record: dict[str, Any], base: Path) -
     rec = {k: v for k, v in record.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
     url, vid = rec.pop("url", None), rec.pop("video_id", None)
     start, end = rec.pop("start", None), rec.pop("end", None)
+    # VAST-27M annotation records: begin_s/end_s (seconds) or begin_t/end_t (clock times)
+    begin_s, end_s, begin_t, end_t = (rec.pop(k, None) for k in ("begin_s", "end_s", "begin_t", "end_t"))
+    if start is None and end is None:
+        start, end = (begin_s, end_s) if begin_s is not None else (begin_t, end_t)
     if not url and not vid:
         raise InputError(f"needs a 'video_id' or 'url' column, got {sorted(record)}")
+    annotations = {}
+    for name, kind in ANNOTATIONS.items():
+        if name in rec:
+            value = rec.pop(name)
+            if kind is list and isinstance(value, str):
+                value = [value]
+            strings = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+            if kind is list and not strings:
+                raise InputError(f"{name} must be a list of strings, got {value!r}"[:300])
+            if kind is str and not isinstance(value, str):
+                raise InputError(f"{name} must be a string, got {value!r}"[:300])
+            annotations[name] = list(value) if kind is list else value
     source, yt = resolve_source(str(url or vid), base)
     vid = vid or yt
     s, e = _span(start, end)
-    out.add(where, source, s, e, meta=rec or None, video_id=str(vid) if vid else None)
+    out.add(where, source, s, e, meta=rec or None, video_id=str(vid) if vid else None,
+            annotations=annotations or None)
 
 
 def _read_records(path: Path, out: Requests) -> None:
@@ -241,6 +270,24 @@ def _read_records(path: Path, out: Requests) -> None:
                     _add_record(out, where, record, path.parent)
                 except (InputError, json.JSONDecodeError) as err:
                     out.reject(where, f"{err} in line {raw.rstrip()[:200]!r}")
+    elif suffix == ".json":
+        with open(path, encoding="utf-8") as f:
+            try:
+                records = json.load(f)
+            except json.JSONDecodeError as err:
+                raise InputError(f"{path}: not valid JSON ({err})") from None
+        if isinstance(records, dict):  # {"annotations": [...]} or {id: record}
+            records = records.get("annotations", list(records.values()))
+        if not isinstance(records, list):
+            raise InputError(f"{path}: a .json input must hold a list of records")
+        for i, record in enumerate(records):
+            where = f"{path}:[{i}]"
+            try:
+                if not isinstance(record, dict):
+                    raise InputError("a record must be an object")
+                _add_record(out, where, record, path.parent)
+            except InputError as err:
+                out.reject(where, str(err))
     elif suffix == ".csv":
         with open(path, encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
@@ -277,7 +324,7 @@ def read_inputs(paths: list[str | Path]) -> Requests:
         path = Path(p)
         if not path.is_file():
             raise FileNotFoundError(f"input file not found: {path}")
-        if path.suffix.lower() in (".csv", ".jsonl", ".parquet"):
+        if path.suffix.lower() in (".csv", ".json", ".jsonl", ".parquet"):
             _read_records(path, out)
         else:
             _read_text(path, out)
