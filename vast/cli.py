@@ -88,6 +88,28 @@ def retry(output: str, classes: list[str], overrides: dict[str, str] | None = No
     return 0
 
 
+def annotate(shards: str, output: str, config: str = "demo", stages: list[str] | None = None,
+             no_progress: bool = False, overrides: dict[str, str] | None = None) -> int:
+    """Re-run annotation stages over committed shards into new shards (nothing is downloaded).
+
+    Args:
+        shards: an output directory or URL of ingest (or of an earlier annotate)
+        output: where the re-annotated shards go (a new directory; resumable)
+        config: preset or YAML whose annotation stages (and their options) are used
+        stages: stages to re-run (e.g. --stage fusion); default: every annotation stage of the config
+        no_progress: no live progress bar
+    """
+    from vast.pipeline.annotate import annotate as run_annotate
+    from vast.pipeline.ingest import load_config
+    from vast.shards.summary import format_summary
+
+    cfg = load_config(config, _with(overrides, output=output))
+    if no_progress:
+        cfg.progress = False
+    print(format_summary(run_annotate(shards, cfg, stages)))
+    return 0
+
+
 def export(output: str, path: str) -> int:
     """Write the committed samples' annotations as VAST-27M-format JSON.
 
@@ -117,8 +139,9 @@ def sample(directory: str, videos: int = 4) -> int:
 
 
 COMMANDS: dict[str, Callable[..., int]] = {
-    "ingest": ingest, "status": status, "retry": retry, "export": export, "sample": sample}
-FLAG_NAMES = {"classes": "--class"}
+    "ingest": ingest, "status": status, "retry": retry, "annotate": annotate, "export": export,
+    "sample": sample}
+FLAG_NAMES = {"classes": "--class", "stages": "--stage"}
 
 
 def _ingest_keys() -> list[tuple[str, str, str]]:
@@ -166,8 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
             if pname == "overrides":
                 continue
             tp, help_ = hints[pname], docs.get(pname, "")
-            is_list = typing.get_origin(tp) is list
-            if param.default is inspect.Parameter.empty and pname not in FLAG_NAMES:
+            is_list = typing.get_origin(tp) is list or list[str] in typing.get_args(tp)
+            if param.default is inspect.Parameter.empty and pname not in FLAG_NAMES and not \
+                    (is_list and param.default is None):
                 p.add_argument(pname, nargs="+" if is_list else None, help=help_)
             elif tp is bool:
                 p.add_argument(f"--{pname.replace('_', '-')}", action="store_true", help=help_)

@@ -218,3 +218,25 @@ def test_one_failing_clip_fails_only_its_row(media, scene_rows):
 def test_config_rejects_unsplittable_bounds():
     with pytest.raises(ValueError, match="twice"):
         MediaCutter(MediaConfig(min_clip_s=10, max_clip_s=15))
+
+
+def test_labelling_modes_whole_video_audio_only_and_still_image(tmp_path):
+    """``split_scenes=False`` keeps a video whole; audio files and images become clips too."""
+    video = make_video(tmp_path / "scenes.mp4", seconds=12.0, audio="tone", scene_every=3.0)
+    audio = make_audio_only(tmp_path / "a.m4a", seconds=4.0)
+    image = tmp_path / "still.png"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=320x240", "-frames:v", "1",
+                    str(image)], check=True)
+    stage = MediaCutter(MediaConfig(split_scenes=False, audio_only=True, num_frames=4, frame_size=32,
+                                    max_height=120, preset="ultrafast"))
+    rows = [{"request": p.stem, "key": p.stem, "input": f"x:{i}", "video_id": p.stem, "source": str(p),
+             "start": math.nan, "end": math.nan, "meta": "{}", "skip_keys": [], "n_clips": 1, "status": "ok",
+             "error_class": "", "message": "", "stage": "", "media": p.read_bytes(), "media_offset": 0.0,
+             "source_info": "{}"} for i, p in enumerate([video, audio, image])]
+    out = {r["video_id"]: r for r in rows_of(stage(batch_of(rows)))}
+    assert [r["status"] for r in out.values()] == ["ok"] * 3
+    assert out["scenes"]["key"] == "scenes_0_12000" and out["scenes"]["n_clips"] == 1
+    assert out["a"]["mp4"] == b"" and out["a"]["flac"][:4] == b"fLaC" and len(out["a"]["frames"]) == 0
+    assert json.loads(out["a"]["clip_info"])["duration"] == pytest.approx(4.0, abs=0.1)
+    assert out["still"]["key"] == "still_0_1000" and out["still"]["frames"].shape == (4, 32, 32, 3)
+    assert out["still"]["flac"] == b"" and out["still"]["mp4"][4:8] == b"ftyp"

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -100,15 +101,27 @@ def _commit_batch(output: str, counter: Any, batch: dict[str, Any]) -> pa.Table:
     return ShardWriter(output).commit(rows, number)
 
 
-def build_dataset(cfg: IngestConfig, requests: pa.Table, counter: Any) -> Any:
+@dataclass
+class Prepare:
+    """A first operator that turns the input table into pipeline rows (e.g. unpacking shards)."""
+
+    fn: Callable[[dict[str, Any]], dict[str, Any]]
+    batch_size: int = 16
+    num_cpus: float = 1.0
+
+
+def build_dataset(cfg: IngestConfig, requests: pa.Table, counter: Any, prepare: Prepare | None = None) -> Any:
     """The lazy Ray dataset for ``requests`` under ``cfg`` (nothing runs until it is iterated)."""
     import ray
 
     specs = list(cfg.stages.items())
-    first_batch = specs[0][1].batch_size if specs else cfg.shards.samples_per_shard
+    first_batch = prepare.batch_size if prepare else specs[0][1].batch_size
     # many small blocks, so the first stage runs as many parallel tasks as the cluster allows
     blocks = [requests.slice(i, first_batch) for i in range(0, requests.num_rows, first_batch)]
     ds = ray.data.from_arrow(blocks)
+    if prepare is not None:
+        ds = ds.map_batches(prepare.fn, batch_size=prepare.batch_size, batch_format="numpy",
+                            zero_copy_batch=False, num_cpus=prepare.num_cpus)
     for name, spec in specs:
         config = stage_config(name, spec.options)
         remote_args: dict[str, Any] = {"num_cpus": spec.num_cpus}
@@ -127,7 +140,7 @@ def build_dataset(cfg: IngestConfig, requests: pa.Table, counter: Any) -> Any:
 
 
 def run_graph(cfg: IngestConfig, requests: pa.Table, first_commit: int,
-              on_commit: Callable[[pa.Table], None]) -> int:
+              on_commit: Callable[[pa.Table], None], prepare: Prepare | None = None) -> int:
     """Run the graph over ``requests``; ``on_commit`` sees each commit's ledger rows as they land.
 
     Returns the next free commit number.
@@ -141,7 +154,7 @@ def run_graph(cfg: IngestConfig, requests: pa.Table, first_commit: int,
         # one dataset per window of requests: the object store never holds more than a window
         # of the plan, however long the input is
         for lo in range(0, requests.num_rows, window):
-            ds = build_dataset(cfg, requests.slice(lo, window), counter)
+            ds = build_dataset(cfg, requests.slice(lo, window), counter, prepare)
             for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 if table.num_rows:
                     on_commit(table)

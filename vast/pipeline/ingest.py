@@ -10,6 +10,7 @@ import io
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from vast.config import ConfigError, from_dict, load_yaml, to_dict
+from vast.pipeline.graph import Prepare, run_graph
 from vast.pipeline.inputs import REQUEST_SCHEMA, read_inputs
 from vast.pipeline.ledger import (
     RESUME_COLUMNS,
@@ -160,8 +162,20 @@ def retry_requests(ledger: pa.Table, failed: pa.Table) -> tuple[pa.Table, dict[s
 
 def _run(cfg: IngestConfig, requests: pa.Table, rejected: pa.Table | None, save_plan: bool,
          skip: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    from vast.pipeline.graph import run_graph
+    def plan(store: OutputStore, state: ResumeState) -> tuple[pa.Table, int]:
+        if save_plan:
+            store.write_bytes("config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+            _write_parquet(store, "plan.parquet", requests)
+        todo = plan_todo(requests, state) if skip is None else with_pipeline_columns(requests, skip)
+        return todo, requests.num_rows
 
+    return run_job(cfg, plan, rejected)
+
+
+def run_job(cfg: IngestConfig, plan: Callable[[OutputStore, ResumeState], tuple[pa.Table, int]],
+            rejected: pa.Table | None = None, prepare: Prepare | None = None) -> dict[str, Any]:
+    """Lock the output, drop debris of interrupted commits, plan against the committed ledger,
+    commit rejected input lines, run the graph and write the summary."""
     started = time.time()
     store = OutputStore(cfg.output)
     lock = store.lock()
@@ -170,10 +184,7 @@ def _run(cfg: IngestConfig, requests: pa.Table, rejected: pa.Table | None, save_
         if removed:
             print(f"removed {len(removed)} file(s) of an interrupted commit", file=sys.stderr)
         state = resume_state(read_ledger(store, RESUME_COLUMNS))
-        if save_plan:
-            store.write_bytes("config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
-            _write_parquet(store, "plan.parquet", requests)
-        todo = plan_todo(requests, state) if skip is None else with_pipeline_columns(requests, skip)
+        todo, total = plan(store, state)
         next_commit = max(store.committed_numbers(), default=-1) + 1
         progress = Progress(total=todo.num_rows, enabled=cfg.progress)
         if rejected is not None:
@@ -182,9 +193,9 @@ def _run(cfg: IngestConfig, requests: pa.Table, rejected: pa.Table | None, save_
                 rows = [ledger_row({**r, "stage": "plan"}, next_commit) for r in fresh.to_pylist()]
                 progress.update(_commit_ledger(store, rows, next_commit))
                 next_commit += 1
-        print(f"{requests.num_rows} request(s): {requests.num_rows - todo.num_rows} already settled, "
-              f"{todo.num_rows} to run", file=sys.stderr)
-        run_graph(cfg, todo, next_commit, progress.update)
+        print(f"{total} request(s): {total - todo.num_rows} already settled, {todo.num_rows} to run",
+              file=sys.stderr)
+        run_graph(cfg, todo, next_commit, progress.update, prepare)
         progress.close()
         summary = summarize(store, run={"seconds": round(time.time() - started, 2), **progress.counts()})
         store.write_bytes("summary.json", _json(summary))

@@ -55,6 +55,12 @@ class MediaConfig:
     """ffmpeg/decord threads per clip: one, so that parallel tasks (one per core) scale."""
     timeout_s: float = 600.0
     """Wall-clock limit of each ffmpeg/ffprobe process (scene detection of a long video included)."""
+    split_scenes: bool = True
+    """Whole videos are cut at scene changes; False keeps each whole (labelling a folder of clips)."""
+    audio_only: bool = False
+    """Accept sources without a video stream as audio-only clips (flac only, no mp4 or frames)."""
+    still_s: float = 1.0
+    """A still image becomes a clip of this many seconds (its frames all show the image)."""
 
 
 class MediaCutter(Stage):
@@ -95,8 +101,10 @@ class MediaCutter(Stage):
             src.write_bytes(data)
             probe = self._probe(src)
             duration = probe["duration"]
-            if row["start"] is None or math.isnan(row["start"]):
-                spans = self._scene_clips(src, duration, row)
+            if (row["start"] is None or math.isnan(row["start"])) and not self.config.split_scenes:
+                spans = [(0.0, duration, offset, round(offset + duration, 3))]
+            elif row["start"] is None or math.isnan(row["start"]):
+                spans = self._scene_clips(src, probe, row)
             else:
                 spans = [self._span(row, offset, probe)]
             out = []
@@ -129,12 +137,15 @@ class MediaCutter(Stage):
                  and not s.get("disposition", {}).get("attached_pic")]
         audio = [s for s in streams if s.get("codec_type") == "audio"]
         if not video:
+            if audio and self.config.audio_only:
+                return _audio_probe(audio[0], fmt)
             kinds = ", ".join(sorted({s.get("codec_type", "?") for s in streams}))
             raise SampleError("no_video_stream", f"streams: {kinds}")
         v = video[0]
+        still = fmt.get("format_name") == "image2" or str(fmt.get("format_name", "")).endswith("_pipe")
         # The video stream's extent is what clips can show (an audio track may run longer);
         # containers such as webm/mkv only state the format's duration.
-        duration = _float(v.get("duration")) or _float(fmt.get("duration"))
+        duration = self.config.still_s if still else _float(v.get("duration")) or _float(fmt.get("duration"))
         if not duration or duration <= 0:
             raise SampleError("empty_media", f"duration is {fmt.get('duration')!r}")
         width, height = int(v.get("width") or 0), int(v.get("height") or 0)
@@ -145,6 +156,7 @@ class MediaCutter(Stage):
         return {
             "duration": duration,
             "format": fmt.get("format_name"),
+            "still": still,
             "video_index": int(v["index"]),
             "video_codec": v.get("codec_name"),
             "width": width,
@@ -169,19 +181,21 @@ class MediaCutter(Stage):
         # The key and span stay the requested ones: resume derives this clip's key from the request.
         return rel_start, rel_end, start, end
 
-    def _scene_clips(self, src: Path, duration: float,
+    def _scene_clips(self, src: Path, probe: dict[str, Any],
                      row: dict[str, Any]) -> list[tuple[float, float, float, float]]:
         """A whole-video request: clips at scene changes, in the file and in the source."""
         c: MediaConfig = self.config
         try:
-            cuts = detect_cuts(src, c.scene_threshold, threads=c.threads, timeout_s=c.timeout_s)
+            # audio alone has no scenes: it is split evenly by the clip lengths
+            cuts = [] if probe["video_index"] is None else \
+                detect_cuts(src, c.scene_threshold, threads=c.threads, timeout_s=c.timeout_s)
         except SceneDetectionError as e:
             raise SampleError("decode_error", e.stderr) from None
         except subprocess.TimeoutExpired:
             raise SampleError("decode_error", f"scene detection timed out after {c.timeout_s:g} s") from None
         offset = float(row.get("media_offset") or 0.0)
         return [(a, b, round(a + offset, 3), round(b + offset, 3))
-                for a, b in plan_clips(duration, cuts, c.min_clip_s, c.max_clip_s)]
+                for a, b in plan_clips(probe["duration"], cuts, c.min_clip_s, c.max_clip_s)]
 
     # -- clip level ----------------------------------------------------------------------------
 
@@ -192,6 +206,8 @@ class MediaCutter(Stage):
         mp4, flac = tmp / "clip.mp4", tmp / "clip.flac"
         for stale in (mp4, flac):  # the previous clip's outputs must never be read for this one
             stale.unlink(missing_ok=True)
+        if probe["video_index"] is None:
+            return self._cut_audio(src, flac, start, end, probe, offset)
         src_fps = probe["fps"] or 25.0
         out_fps = min(src_fps, c.fps) if c.fps else src_fps
         height = min(c.max_height, probe["height"]) // 2 * 2
@@ -203,8 +219,9 @@ class MediaCutter(Stage):
         args = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", "-threads", threads,
                 # -ss/-t before -i: seek on the input (jump to the keyframe before the start,
                 # decode only the segment), and limit both outputs at once.
-                "-ss", f"{start:.3f}", "-t", f"{end - start:.3f}", "-i", str(src),
-                "-filter_threads", threads,
+                *(["-loop", "1", "-t", f"{end - start:.3f}"] if probe["still"] else
+                  ["-ss", f"{start:.3f}", "-t", f"{end - start:.3f}"]),
+                "-i", str(src), "-filter_threads", threads,
                 "-map", f"0:{probe['video_index']}", "-vf", ",".join(vf),
                 "-c:v", "libx264", "-preset", c.preset, "-crf", str(c.crf), "-pix_fmt", "yuv420p",
                 "-g", str(max(1, round(c.gop_s * out_fps))), "-threads", threads,
@@ -228,7 +245,7 @@ class MediaCutter(Stage):
             audio_missing = None if samples else "audio stream has no samples in this clip"
             if not samples:
                 flac_bytes = b""
-        frames, frame_times, n_frames, fps = self._frames(mp4)
+        frames, frame_times, n_frames, fps = read_frames(mp4, c.num_frames, c.frame_size, c.threads)
         info = {
             "duration": round(n_frames / fps, 3) if fps else end - start,
             "fps": round(fps, 3),
@@ -247,24 +264,28 @@ class MediaCutter(Stage):
         }
         return {"mp4": mp4_bytes, "flac": flac_bytes, "frames": frames, "clip_info": json.dumps(info)}
 
-    def _frames(self, mp4: Path) -> tuple[np.ndarray, list[float], int, float]:
-        """``num_frames`` frames at the middles of equal segments of the clip, resized by decord."""
-        import decord  # here, not at the top: building the graph imports this module without decoding
-
+    def _cut_audio(self, src: Path, flac: Path, start: float, end: float, probe: dict[str, Any],
+                   offset: float) -> dict[str, Any]:
+        """An audio-only clip: the FLAC alone (no mp4, no frames)."""
         c: MediaConfig = self.config
-        try:
-            vr = decord.VideoReader(str(mp4), ctx=decord.cpu(0), width=c.frame_size, height=c.frame_size,
-                                    num_threads=c.threads)
-            n = len(vr)
-            if n == 0:
-                raise SampleError("decode_error", "the clip has no video frames")
-            idx = [min(n - 1, int((i + 0.5) * n / c.num_frames)) for i in range(c.num_frames)]
-            frames = vr.get_batch(idx).asnumpy()  # (num_frames, S, S, 3) uint8
-            times = vr.get_frame_timestamp(idx)[:, 0].tolist()
-            fps = float(vr.get_avg_fps())
-        except decord.DECORDError as e:
-            raise SampleError("decode_error", f"decord: {str(e)[-500:]}") from None
-        return np.ascontiguousarray(frames, dtype=np.uint8), times, n, fps
+        args = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", "-ss", f"{start:.3f}",
+                "-t", f"{end - start:.3f}", "-i", str(src), "-map", "0:a:0", "-ac", "1",
+                "-ar", str(c.audio_rate), "-c:a", "flac", "-map_metadata", "-1", str(flac)]
+        proc = self._run(args)
+        if proc.returncode != 0 or not flac.exists():
+            raise SampleError("decode_error", stderr_tail(proc.stderr) or f"ffmpeg exited {proc.returncode}")
+        flac_bytes = flac.read_bytes()
+        samples = _flac_samples(flac_bytes)
+        if not samples:
+            raise SampleError("empty_media", "the audio clip has no samples")
+        info = {"duration": round(samples / c.audio_rate, 3), "fps": None, "width": 0, "height": 0,
+                "video_codec": None, "has_audio": True, "audio_missing": None, "audio_rate": c.audio_rate,
+                "audio_duration": round(samples / c.audio_rate, 3), "frame_times": [], "num_frames": 0,
+                "source": {k: probe[k] for k in ("duration", "format", "audio_codec", "audio_rate",
+                                                 "audio_channels")} | {"media_offset": offset}}
+        s = c.frame_size
+        return {"mp4": b"", "flac": flac_bytes, "frames": np.zeros((0, s, s, 3), np.uint8),
+                "clip_info": json.dumps(info)}
 
     def _run(self, args: list[str]) -> subprocess.CompletedProcess[bytes]:
         try:
@@ -272,6 +293,40 @@ class MediaCutter(Stage):
         except subprocess.TimeoutExpired:
             raise SampleError("decode_error",
                               f"{args[0]} timed out after {self.config.timeout_s:g} s") from None
+
+
+def _audio_probe(stream: dict[str, Any], fmt: dict[str, Any]) -> dict[str, Any]:
+    """Probe facts of an audio-only source (``video_index`` None)."""
+    duration = _float(stream.get("duration")) or _float(fmt.get("duration"))
+    if not duration or duration <= 0:
+        raise SampleError("empty_media", f"duration is {fmt.get('duration')!r}")
+    return {"duration": duration, "format": fmt.get("format_name"), "still": False, "video_index": None,
+            "video_codec": None, "width": 0, "height": 0, "fps": None,
+            "audio_codec": stream.get("codec_name"), "audio_rate": int(stream.get("sample_rate") or 0),
+            "audio_channels": stream.get("channels")}
+
+
+def read_frames(mp4: str | Path, num_frames: int, size: int, threads: int = 1
+                ) -> tuple[np.ndarray, list[float], int, float]:
+    """``num_frames`` frames at the middles of equal segments of a clip, resized to size×size by decord.
+
+    Returns (frames (num_frames, size, size, 3) uint8, their times in seconds, frame count, fps);
+    an undecodable clip raises ``SampleError("decode_error", ...)``.
+    """
+    import decord  # here, not at the top: building the graph imports this module without decoding
+
+    try:
+        vr = decord.VideoReader(str(mp4), ctx=decord.cpu(0), width=size, height=size, num_threads=threads)
+        n = len(vr)
+        if n == 0:
+            raise SampleError("decode_error", "the clip has no video frames")
+        idx = [min(n - 1, int((i + 0.5) * n / num_frames)) for i in range(num_frames)]
+        frames = vr.get_batch(idx).asnumpy()  # (num_frames, S, S, 3) uint8
+        times = vr.get_frame_timestamp(idx)[:, 0].tolist()
+        fps = float(vr.get_avg_fps())
+    except decord.DECORDError as e:
+        raise SampleError("decode_error", f"decord: {str(e)[-500:]}") from None
+    return np.ascontiguousarray(frames, dtype=np.uint8), times, n, fps
 
 
 def _suffix(source: str) -> str:

@@ -47,7 +47,9 @@ class ShardWriter:
             with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:
                 for row in ok:
                     sample = sample_json(row)
-                    members = {"mp4": bytes(row["mp4"]), "json": _json_bytes(sample)}
+                    members = {"json": _json_bytes(sample)}
+                    if row.get("mp4"):  # audio-only samples (a labelled audio folder) have none
+                        members["mp4"] = bytes(row["mp4"])
                     if row.get("flac"):
                         members["flac"] = bytes(row["flac"])
                     if sample.get("vast_cap"):
@@ -56,7 +58,7 @@ class ShardWriter:
                         _add_member(tf, f"{row['key']}.{ext}", data, mtime)
                     nbytes = sum(len(d) for d in members.values())
                     flac_bytes = len(members.get("flac", b""))
-                    manifest.append(manifest_row(sample, tar, len(members["mp4"]), flac_bytes))
+                    manifest.append(manifest_row(sample, tar, len(members.get("mp4", b"")), flac_bytes))
                     ledger.append(ledger_row(row, number, tar, float(sample["duration"] or 0.0), nbytes))
             self.store.put_file(tmp, tar)
             self._write_parquet(pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA),
