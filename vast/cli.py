@@ -110,6 +110,31 @@ def annotate(shards: str, output: str, config: str = "demo", stages: list[str] |
     return 0
 
 
+def label(folder: str, output: str, config: str = "demo", meta: str | None = None, no_progress: bool = False,
+          overrides: dict[str, str] | None = None) -> int:
+    """Caption a folder of your own videos, images or audio files (VAST's labelling, done right).
+
+    Args:
+        folder: the media folder (videos, images, audio files)
+        output: where shards and labels.json ({video_id: [captions]}) go
+        config: preset or YAML with the captioner stages to run
+        meta: a meta.json of [{"video_id": ...}] naming the files to label (default: FOLDER/meta.json
+            if present, else every media file)
+        no_progress: no live progress bar
+    """
+    from vast.pipeline.ingest import load_config
+    from vast.pipeline.label import label as run_label
+    from vast.shards.summary import format_summary
+
+    cfg = load_config(config, _with(overrides, output=output))
+    if no_progress:
+        cfg.progress = False
+    summary = run_label(folder, cfg, meta)
+    print(format_summary(summary))
+    print(f"labels   {summary['labels']['items']} item(s) → {summary['labels']['path']}")
+    return 0
+
+
 def export(output: str, path: str) -> int:
     """Write the committed samples' annotations as VAST-27M-format JSON.
 
@@ -139,8 +164,8 @@ def sample(directory: str, videos: int = 4) -> int:
 
 
 COMMANDS: dict[str, Callable[..., int]] = {
-    "ingest": ingest, "status": status, "retry": retry, "annotate": annotate, "export": export,
-    "sample": sample}
+    "ingest": ingest, "status": status, "retry": retry, "annotate": annotate, "label": label,
+    "export": export, "sample": sample}
 FLAG_NAMES = {"classes": "--class", "stages": "--stage"}
 
 

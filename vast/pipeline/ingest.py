@@ -22,7 +22,7 @@ import yaml
 
 from vast.config import ConfigError, from_dict, load_yaml, to_dict
 from vast.pipeline.graph import Prepare, run_graph
-from vast.pipeline.inputs import REQUEST_SCHEMA, read_inputs
+from vast.pipeline.inputs import REQUEST_SCHEMA, Requests, read_inputs
 from vast.pipeline.ledger import (
     RESUME_COLUMNS,
     ResumeState,
@@ -119,8 +119,12 @@ def ingest(inputs: list[str], cfg: IngestConfig) -> dict[str, Any]:
         lines = "\n".join(f"  {w}: {m}" for w, m in zip(invalid["input"].to_pylist()[:20],
                                                        invalid["message"].to_pylist()[:20], strict=True))
         raise ConfigError(f"--strict: {invalid.num_rows} malformed input line(s), nothing was run:\n{lines}")
-    requests = reqs.table()
-    return _run(cfg, requests, rejected, save_plan=True)
+    return _run(cfg, reqs.table(), rejected, save_plan=True)
+
+
+def run_ingest_requests(cfg: IngestConfig, reqs: Requests) -> dict[str, Any]:
+    """Ingest already-parsed requests (``label`` builds them from a folder)."""
+    return _run(cfg, reqs.table(), reqs.rejected_table(), save_plan=True)
 
 
 def retry(cfg: IngestConfig, classes: list[str]) -> dict[str, Any]:
