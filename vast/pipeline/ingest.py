@@ -92,6 +92,9 @@ class IngestConfig:
     """Refuse the whole run, before any work, when an input line is malformed."""
     progress: bool = True
     """Show a live progress bar on stderr."""
+    notice: str | None = None
+    """A line printed before and after every run of this config (the demo says its captions are
+    meaningless)."""
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -197,11 +200,15 @@ def run_job(cfg: IngestConfig, plan: Callable[[OutputStore, ResumeState], tuple[
                 rows = [ledger_row({**r, "stage": "plan"}, next_commit) for r in fresh.to_pylist()]
                 progress.update(_commit_ledger(store, rows, next_commit))
                 next_commit += 1
+        if cfg.notice:
+            print(f"NOTE: {cfg.notice}", file=sys.stderr)
         print(f"{total} request(s): {total - todo.num_rows} already settled, {todo.num_rows} to run",
               file=sys.stderr)
         run_graph(cfg, todo, next_commit, progress.update, prepare)
         progress.close()
         summary = summarize(store, run={"seconds": round(time.time() - started, 2), **progress.counts()})
+        if cfg.notice:
+            summary["notice"] = cfg.notice
         store.write_bytes("summary.json", _json(summary))
         return summary
     finally:

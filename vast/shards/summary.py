@@ -67,4 +67,6 @@ def format_summary(summary: dict[str, Any]) -> str:
     if "run" in summary:
         run = summary["run"]
         lines.append(f"this run {run['seconds']:.1f} s, {run['clips_per_s']:.2f} clips/s")
+    if summary.get("notice"):
+        lines.append(f"NOTE     {summary['notice']}")
     return "\n".join(lines)
