@@ -176,3 +176,37 @@ def test_kill_9_mid_run_then_rerun_is_exactly_once(tmp_path, http_server):
     # nothing committed before the kill was downloaded again
     for i in {int(re.match(r"copy(\d+)-", k).group(1)) for k in done_before}:
         assert http_server.count(f"copy{i}.mp4") == served_before[i]
+
+
+def test_a_lost_ray_worker_mid_run_still_settles_every_clip_once(tmp_path, http_server):
+    import threading
+
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"{http_server.url(f'copy{i}.mp4')} 1 6\n" for i in range(6)))
+    output = tmp_path / "out"
+    cfg = load_config("tiny", {"output": str(output), "progress": False, "shards.samples_per_shard": 1,
+                               "stages.media.batch_size": 1})
+    killed: list[int] = []
+
+    def kill_a_worker() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            if list(output.glob("ledger/part-*.parquet")):
+                for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                    try:
+                        if b"ray::MapBatches" in cmdline.read_bytes():
+                            pid = int(cmdline.parent.name)
+                            os.kill(pid, signal.SIGKILL)  # the worker dies mid-task
+                            killed.append(pid)
+                            return
+                    except (OSError, ProcessLookupError):
+                        continue
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_worker)
+    killer.start()
+    ingest([str(ids)], cfg)
+    killer.join()
+    assert killed, "no Ray worker was running to be killed"
+    assert_exactly_once(str(output), lines_of(ids))
+    assert len(settled_keys(str(output))) == 6
