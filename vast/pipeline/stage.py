@@ -143,6 +143,8 @@ class Stage:
 STAGES: dict[str, str] = {
     "fetch": "vast.pipeline.fetch:Fetcher",
     "media": "vast.pipeline.media:MediaCutter",
+    "vision_caption": "vast.captioners.vision:VisionCaptioner",
+    "audio_caption": "vast.captioners.audio:AudioCaptioner",
 }
 
 
