@@ -149,6 +149,19 @@ def export(output: str, path: str) -> int:
     return 0
 
 
+def tiny_models(directory: str) -> int:
+    """Write the tiny random-weight models the demo preset uses (captioners, Whisper, LM).
+
+    Args:
+        directory: where to write them (the demo preset reads out/models)
+    """
+    from vast.captioners.tiny import write_demo_models
+
+    for name, path in write_demo_models(directory).items():
+        print(f"{name:<17} {path}")
+    return 0
+
+
 def sample(directory: str, videos: int = 4) -> int:
     """Generate sample media and an ids.txt naming them (every line form), to try ingest offline.
 
@@ -165,7 +178,7 @@ def sample(directory: str, videos: int = 4) -> int:
 
 COMMANDS: dict[str, Callable[..., int]] = {
     "ingest": ingest, "status": status, "retry": retry, "annotate": annotate, "label": label,
-    "export": export, "sample": sample}
+    "export": export, "sample": sample, "tiny-models": tiny_models}
 FLAG_NAMES = {"classes": "--class", "stages": "--stage"}
 
 

@@ -102,12 +102,12 @@ def test_provenance_records_weights_checksum_and_decoding(
     prov = json.loads(row["provenance"])
     assert prov["vision_cap"] == {
         "model": tiny_captioners["vision_captioner"],
-        "sha256": sha256(tiny_captioners["vision_captioner"]),
+        "weights_sha256": sha256(tiny_captioners["vision_captioner"]),
         "decoding": {"strategy": "top_k_sampling", "top_k": 10, "num_captions": 3, "max_len": 40, "seed": 0,
                      "num_frames": 8},
         "prompt_version": None,
     }
-    assert prov["audio_cap"]["sha256"] == sha256(tiny_captioners["audio_captioner"])
+    assert prov["audio_cap"]["weights_sha256"] == sha256(tiny_captioners["audio_captioner"])
     assert prov["audio_cap"]["decoding"]["num_clips"] == 3
     assert len(row["vision_cap"]) == 3 and len(row["audio_cap"]) == 3
 
@@ -168,7 +168,7 @@ def test_existing_captions_are_kept_unless_overwrite(tiny_captioners, vision_sta
 
     redone = run(vision(tiny_captioners, overwrite=True), rows)
     assert len(redone[0]["vision_cap"]) == 3 and redone[0]["vision_cap"] != rows[0]["vision_cap"]
-    assert json.loads(redone[0]["provenance"])["vision_cap"]["sha256"] == sha256(
+    assert json.loads(redone[0]["provenance"])["vision_cap"]["weights_sha256"] == sha256(
         tiny_captioners["vision_captioner"]
     )
 
@@ -204,7 +204,8 @@ def test_an_upstream_run_directory_loads_as_the_vision_captioner(tiny_captioners
     out = run(stage, rows)
     assert [r["vision_cap"] for r in out] == [r["vision_cap"] for r in run(vision_stage, rows)]
     prov = json.loads(out[0]["provenance"])["vision_cap"]
-    assert prov["model"] == str(run_dir) and prov["sha256"] == sha256(run_dir / "ckpt" / "model_step_8000.pt")
+    assert prov["model"] == str(run_dir)
+    assert prov["weights_sha256"] == sha256(run_dir / "ckpt" / "model_step_8000.pt")
 
 
 def test_a_checkpoint_without_the_needed_tower_is_refused(tiny_captioners):

@@ -1,5 +1,8 @@
-"""Annotation stages of the ingest graph: vision and audio captioners, Whisper subtitles, LLM fusion.
+"""Annotation stages of the ingest graph, each a batched ``ModelStage`` run on Ray actors.
 
-Not built yet: the ingest graph registers stages by name (``vast.pipeline.stage.STAGES``) and these
-plug in there.
+``vision.py`` (VAST ``cap%tv`` captioner), ``audio.py`` (VAST ``cap%ta``), ``subtitles.py``
+(Whisper, openai-whisper or faster-whisper backends, with no-speech gates), ``fusion.py`` (the
+LLM omni-caption, prompt templates in ``configs/prompts/``); ``base.py`` is what they share
+(batching, split-and-retry, provenance); ``tiny.py``/``tiny_lm.py`` write the tiny random-weight
+models the demo and the tests load.
 """

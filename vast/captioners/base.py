@@ -158,7 +158,8 @@ def _missing(value: Any) -> bool:
 def _loads(text: Any) -> dict[str, Any]:
     if isinstance(text, dict):
         return dict(text)
-    return json.loads(text) if text else {}
+    # null in Arrow arrives as None or NaN in a numpy batch
+    return json.loads(text) if isinstance(text, (str, bytes)) and text else {}
 
 
 def _free_accelerator_memory() -> None:

@@ -85,3 +85,18 @@ def write_tiny_captioners(directory: str | Path, seed: int = 0) -> dict[str, str
         save_checkpoint(model, path, extra={"note": "tiny random weights: captions are meaningless"})
         paths[name] = str(path)
     return paths
+
+
+def write_demo_models(directory: str | Path) -> dict[str, str]:
+    """Every tiny random-weight model the ``demo`` preset names, under ``directory``.
+
+    ``tokenizer``, ``vision_captioner.pt``, ``audio_captioner.pt`` (VAST), ``tiny-whisper.pt``
+    (openai-whisper) and ``tiny-lm/`` (a causal LM with a chat template): real architectures,
+    loaded by the real code, whose outputs are meaningless.
+    """
+    from vast.captioners.tiny_lm import write_tiny_lm, write_tiny_whisper
+
+    paths = write_tiny_captioners(directory)
+    paths["whisper"] = str(write_tiny_whisper(directory))
+    paths["lm"] = str(write_tiny_lm(directory))
+    return paths

@@ -183,7 +183,7 @@ class VASTCaptioner(ModelStage):
         )
         self._record = {
             "model": str(c.checkpoint),
-            "sha256": weights_checksum(str(self.weights_file)),
+            "weights_sha256": weights_checksum(str(self.weights_file)),
             "decoding": {
                 "strategy": "top_k_sampling",
                 "top_k": c.top_k,

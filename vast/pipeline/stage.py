@@ -145,6 +145,8 @@ STAGES: dict[str, str] = {
     "media": "vast.pipeline.media:MediaCutter",
     "vision_caption": "vast.captioners.vision:VisionCaptioner",
     "audio_caption": "vast.captioners.audio:AudioCaptioner",
+    "subtitle": "vast.captioners.subtitles:WhisperSubtitler",
+    "fusion": "vast.captioners.fusion:OmniCaptionFuser",
 }
 
 

@@ -36,7 +36,8 @@ MANIFEST_SCHEMA = pa.schema([
 def _loads(text: Any) -> Any:
     if isinstance(text, (dict, list)):
         return text
-    return json.loads(text) if text else {}
+    # null in Arrow arrives as None or NaN in a numpy batch
+    return json.loads(text) if isinstance(text, (str, bytes)) and text else {}
 
 
 def sample_json(row: dict[str, Any]) -> dict[str, Any]:

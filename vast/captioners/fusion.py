@@ -1,0 +1,269 @@
+"""``OmniCaptionFuser``: an LLM fuses vision captions, audio captions and the subtitle into ``vast_cap``.
+
+The prompt comes from a versioned YAML template in ``vast/configs/prompts/`` (``vast27m-v1`` is
+the original VAST-27M instruction word for word; ``omni-v1`` a cleaner one). A template has:
+
+- ``version``: bumped whenever its wording changes (recorded in every sample's provenance);
+- ``system`` (optional): the system message;
+- ``template``: the user message, with ``{vision}``, ``{n_vision}``, ``{audio}``, ``{n_audio}``,
+  ``{subtitle}``; each list is rendered as ``item`` joined by ``separator``, and a missing
+  source as ``absent``, so a clip without audio captions or subtitle is still fused and the
+  model is told which inputs are absent;
+- ``response_prefix``: text the answer starts with (e.g. ``The sentence is "``);
+- ``plain``: the layout (``{system}``, ``{prompt}``, ``{response_prefix}``) for tokenizers
+  without a chat template; with one, the messages go through ``apply_chat_template``.
+
+Generation is batched with left padding (every prompt ends where generation starts), greedy by
+default; the decoded continuation is cleaned to one caption by ``clean_caption``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from vast.captioners.base import ModelStage, ModelStageConfig, pick_device, weights_checksum
+from vast.pipeline.stage import SampleError
+
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "configs" / "prompts"
+MAX_INPUTS = 3  # captions per modality fed to the LLM, as in VAST-27M
+
+
+@dataclass
+class FusionConfig(ModelStageConfig):
+    """Settings of the omni-caption fusion stage."""
+
+    model: str = "lmsys/vicuna-13b-v1.5"
+    """A causal LM: hub name (needs internet) or local directory (``save_pretrained`` layout)."""
+    prompt: str = "vast27m-v1"
+    """A template name in ``vast/configs/prompts/`` or a path to a YAML template."""
+    max_new_tokens: int = 64
+    """Most tokens generated per clip."""
+    do_sample: bool = False
+    """Sample instead of greedy decoding."""
+    temperature: float = 0.7
+    """Sampling temperature (only with ``do_sample``)."""
+    top_p: float = 0.9
+    """Nucleus sampling mass (only with ``do_sample``)."""
+    max_words: int = 60
+    """Longest cleaned caption, in words; longer ones are cut."""
+    backend: str = "transformers"
+    """``transformers`` or ``vllm`` (needs the ``vllm`` package and a GPU)."""
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A versioned fusion prompt (see the module docstring for the fields)."""
+
+    name: str
+    version: int | str
+    template: str
+    system: str | None = None
+    response_prefix: str = ""
+    plain: str = "{system}\n\n{prompt}\n{response_prefix}"
+    item: str = "{}"
+    separator: str = "; "
+    absent: str = "none"
+    sha256: str = ""
+
+    def user_message(self, vision: list[str], audio: list[str], subtitle: str) -> str:
+        """The user turn for one clip's inputs (missing ones rendered as ``absent``)."""
+        def listed(caps: list[str]) -> str:
+            return self.separator.join(self.item.format(c) for c in caps) if caps else self.absent
+
+        return self.template.format(vision=listed(vision), n_vision=len(vision), audio=listed(audio),
+                                    n_audio=len(audio), subtitle=subtitle or self.absent)
+
+    def plain_text(self, vision: list[str], audio: list[str], subtitle: str) -> str:
+        """The whole prompt for a tokenizer without a chat template."""
+        text = self.plain.format(system=self.system or "", prompt=self.user_message(vision, audio, subtitle),
+                                 response_prefix=self.response_prefix)
+        return text.lstrip()
+
+    def messages(self, vision: list[str], audio: list[str], subtitle: str) -> list[dict[str, str]]:
+        """Chat messages (system, user) for ``apply_chat_template``."""
+        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        return [*msgs, {"role": "user", "content": self.user_message(vision, audio, subtitle)}]
+
+
+def load_prompt(name_or_path: str) -> PromptTemplate:
+    """A prompt template by name (``vast27m-v1``) from ``vast/configs/prompts/``, or from a YAML path."""
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        path = PROMPTS_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml")))
+            raise ValueError(f"unknown fusion prompt {name_or_path!r}; known: {known} (or a .yaml path)")
+    text = path.read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    missing = {"version", "template"} - set(data)
+    if missing:
+        raise ValueError(f"prompt template {path} lacks {', '.join(sorted(missing))}")
+    unknown = set(data) - {f for f in PromptTemplate.__dataclass_fields__ if f not in ("name", "sha256")}
+    if unknown:
+        raise ValueError(f"prompt template {path} has unknown fields {', '.join(sorted(unknown))}")
+    return PromptTemplate(name=path.stem, sha256=hashlib.sha256(text.encode()).hexdigest(), **data)
+
+
+_LEAD_IN = re.compile(r'^\s*(?:(?:assistant|answer|sentence|caption)\s*:\s*)?(?:the sentence is\s*:?\s*)?',
+                      re.IGNORECASE)
+_QUOTES = "\"'“”‘’`"
+_TURN = re.compile(r"\b(?:Human|User|Assistant|USER|ASSISTANT)\s*:|###|<\|")
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+
+
+def clean_caption(text: str, response_prefix: str = "", max_words: int = 60) -> str:
+    """A model continuation → one caption: no echoed prefix or lead-in, no quotes, first line and sentence,
+    at most ``max_words`` words; control characters and undecodable bytes are dropped."""
+    t = "".join(ch for ch in text if ch in "\n\t" or (unicodedata.category(ch)[0] != "C" and ch != "\ufffd"))
+    t = t.strip()
+    prefix = response_prefix.strip()
+    if prefix and t.startswith(prefix):
+        t = t[len(prefix):]
+    t = _LEAD_IN.sub("", t, count=1)
+    # an answer primed with an opening quote, or opening one itself, ends at the closing quote
+    quoted = prefix.endswith(tuple(_QUOTES)) or t.lstrip().startswith(tuple(_QUOTES))
+    t = t.lstrip(_QUOTES + " ")
+    if quoted:
+        t = re.split(r"[\"“”]", t, maxsplit=1)[0]
+    turn = _TURN.search(t)
+    if turn:
+        t = t[:turn.start()]
+    t = next((line.strip() for line in t.splitlines() if line.strip()), "")
+    end = _SENTENCE_END.search(t)
+    if end:
+        t = t[:end.end()]
+    words = t.split()
+    if len(words) > max_words:
+        t = " ".join(words[:max_words]).rstrip(",;:-")
+    return t.strip().strip(_QUOTES).strip()
+
+
+def fusion_inputs(row: dict[str, Any]) -> tuple[list[str], list[str], str]:
+    """Up to 3 vision captions, 3 audio captions and the subtitle of a row (missing → empty)."""
+    def caps(value: Any) -> list[str]:
+        if value is None or isinstance(value, float | str):  # absent, NaN
+            return [value.strip()] if isinstance(value, str) and value.strip() else []
+        return [str(c).strip() for c in value if str(c).strip()][:MAX_INPUTS]
+
+    subtitle = row.get("subtitle")
+    subtitle = subtitle.strip() if isinstance(subtitle, str) else ""
+    return caps(row.get("vision_cap")), caps(row.get("audio_cap")), subtitle
+
+
+def render_prompt(tokenizer: Any, template: PromptTemplate, vision: list[str], audio: list[str],
+                  subtitle: str) -> str:
+    """The full prompt: the tokenizer's chat template (when it has one) + the response prefix, else the
+    template's plain layout."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = template.messages(vision, audio, subtitle)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text + template.response_prefix
+    return template.plain_text(vision, audio, subtitle)
+
+
+class _TransformersBackend:
+    """Hugging Face ``generate`` on a left-padded batch."""
+
+    def __init__(self, config: FusionConfig):
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as e:
+            raise ImportError("fusion backend 'transformers' needs transformers: "
+                              "pip install transformers") from e
+        self.config = config
+        self.device, dtype = pick_device(config)
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+        self.tokenizer.padding_side = "left"  # generation continues every prompt from its last token
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype).to(self.device).eval()
+        self._torch = torch
+
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        torch, c = self._torch, self.config
+        templated = bool(self.tokenizer.chat_template)  # the chat template already adds BOS and friends
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not templated)
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        sampling = {"do_sample": True, "temperature": c.temperature, "top_p": c.top_p} if c.do_sample \
+            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        torch.manual_seed(c.seed)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, max_new_tokens=c.max_new_tokens,  # (B, T_prompt + new)
+                                      pad_token_id=self.tokenizer.pad_token_id, **sampling)
+        new = out[:, enc["input_ids"].shape[1]:]
+        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
+
+
+class _VLLMBackend:
+    """vLLM offline batched generation (GPU)."""
+
+    def __init__(self, config: FusionConfig):
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as e:
+            raise ImportError("fusion backend 'vllm' needs the vllm package "
+                              "(pip install vllm, on a CUDA machine); "
+                              "use backend 'transformers' where vllm is not installed") from e
+        self.config = config
+        dtype = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[config.dtype]
+        self.llm = LLM(model=config.model, dtype=dtype, seed=config.seed,
+                       gpu_memory_utilization=config.gpu_memory_fraction or 0.9)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.params = SamplingParams(max_tokens=config.max_new_tokens, seed=config.seed,
+                                     temperature=config.temperature if config.do_sample else 0.0,
+                                     top_p=config.top_p if config.do_sample else 1.0)
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        return [o.outputs[0].text for o in self.llm.generate(prompts, self.params, use_tqdm=False)]
+
+
+BACKENDS = {"transformers": _TransformersBackend, "vllm": _VLLMBackend}
+
+
+class OmniCaptionFuser(ModelStage):
+    """Fuses ``vision_cap``, ``audio_cap`` and ``subtitle`` into one omni-caption ``vast_cap`` with an LLM."""
+
+    name: ClassVar[str] = "fusion"
+    Config: ClassVar[type] = FusionConfig
+    fields: ClassVar[tuple[str, ...]] = ("vast_cap",)
+
+    def __init__(self, config: FusionConfig | None = None):
+        super().__init__(config)
+        if self.config.backend not in BACKENDS:
+            raise ValueError(f"unknown fusion backend {self.config.backend!r}; "
+                             f"use one of {', '.join(BACKENDS)}")
+        self.template = load_prompt(self.config.prompt)
+        self.backend = BACKENDS[self.config.backend](self.config)
+        local = Path(self.config.model).exists()
+        self._checksum = weights_checksum(str(Path(self.config.model).resolve())) if local else None
+        package = self.config.backend
+        self._library = f"{package} {importlib.metadata.version(package)}"
+
+    def prompts(self, rows: list[dict[str, Any]]) -> list[str]:
+        """The full prompt text (chat template applied, response prefix appended) of each row."""
+        return [render_prompt(self.backend.tokenizer, self.template, *fusion_inputs(r)) for r in rows]
+
+    def annotate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any] | SampleError]:
+        outputs = self.backend.generate(self.prompts(rows))
+        return [{"vast_cap": clean_caption(o, self.template.response_prefix, self.config.max_words)}
+                for o in outputs]
+
+    def provenance(self) -> dict[str, Any]:
+        c, t = self.config, self.template
+        decoding = {"max_new_tokens": c.max_new_tokens, "do_sample": c.do_sample, "seed": c.seed}
+        if c.do_sample:
+            decoding.update(temperature=c.temperature, top_p=c.top_p)
+        return {"model": c.model, "backend": c.backend, "library": self._library,
+                "weights_sha256": self._checksum,
+                "decoding": decoding, "max_words": c.max_words,
+                "prompt": {"name": t.name, "version": t.version, "sha256": t.sha256}}
