@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from vast.pipeline.ingest import plan_todo
 from vast.pipeline.inputs import read_inputs
-from vast.pipeline.ledger import LEDGER_SCHEMA, RESUME_COLUMNS, read_ledger, resume_state
+from vast.pipeline.ledger import LEDGER_SCHEMA, RESUME_COLUMNS, ResumeState, read_ledger, resume_state
 from vast.shards.store import OutputStore
 from vast.shards.writer import ShardWriter
 
@@ -65,6 +65,16 @@ def settle_everything(output: str, requests: pa.Table, part_rows: int) -> None:
         store.write_bytes(f"ledger/part-{number:06d}.parquet", buf.getvalue())
 
 
+def plan_once(ids: Path, output: str) -> tuple[float, pa.Table, pa.Table, ResumeState, int]:
+    """What ``ingest`` does before Ray starts: parse, read the ledger, filter. Returns its seconds."""
+    t0 = time.perf_counter()
+    reqs = read_inputs([ids])
+    requests = reqs.table()
+    state = resume_state(read_ledger(OutputStore(output), RESUME_COLUMNS))
+    todo = plan_todo(requests, state)
+    return time.perf_counter() - t0, requests, todo, state, reqs.rejected_table().num_rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=1_000_000)
@@ -76,24 +86,13 @@ def main() -> None:
         output = str(Path(tmp) / "out")
         rss0 = peak_rss_mib()
 
-        t0 = time.perf_counter()
-        reqs = read_inputs([ids])
-        requests = reqs.table()
-        state = resume_state(read_ledger(OutputStore(output), RESUME_COLUMNS))
-        todo = plan_todo(requests, state)
-        fresh_s = time.perf_counter() - t0
-        print(f"plan    {args.lines:>9,} lines → {todo.num_rows:,} to run, "
-              f"{reqs.rejected_table().num_rows:,} rejected: {fresh_s:6.2f} s, "
-              f"peak RSS {peak_rss_mib():,.0f} MiB")
+        fresh_s, requests, todo, state, rejected = plan_once(ids, output)
+        print(f"plan    {args.lines:>9,} lines → {todo.num_rows:,} to run, {rejected:,} rejected: "
+              f"{fresh_s:6.2f} s, peak RSS {peak_rss_mib():,.0f} MiB")
 
         settle_everything(output, requests, args.part_rows)
-        del todo, reqs, requests, state
-        t0 = time.perf_counter()
-        reqs = read_inputs([ids])
-        requests = reqs.table()
-        state = resume_state(read_ledger(OutputStore(output), RESUME_COLUMNS))
-        todo = plan_todo(requests, state)
-        resume_s = time.perf_counter() - t0
+        del todo, requests, state
+        resume_s, _, todo, state, _ = plan_once(ids, output)
         print(f"resume  {args.lines:>9,} lines against {len(state.done_requests):,} settled → "
               f"{todo.num_rows:,} to run: {resume_s:6.2f} s, peak RSS {peak_rss_mib():,.0f} MiB "
               f"(process baseline {rss0:,.0f} MiB)")

@@ -149,6 +149,28 @@ def export(output: str, path: str) -> int:
     return 0
 
 
+def shards_build(annotations: str, media: str, output: str, config: str = "demo",
+                 overrides: dict[str, str] | None = None) -> int:
+    """Pack a downstream set (upstream annotation JSON + media folder) into shards of our schema.
+
+    Args:
+        annotations: upstream-style JSON (retrieval: video_id + desc/caption; QA: question, answer)
+        media: the folder holding the videos ({video_id}.mp4 ...)
+        output: the output directory of the shards
+        config: ingest preset or YAML for the media settings (its annotation stages are not run)
+    """
+    from vast.shards.build import shards_build as build
+
+    return build(annotations, media, output, config, overrides)
+
+
+def train(argv: list[str]) -> int:
+    """Pretrain, finetune or test VAST on shards (``vast-pipeline train --help`` lists every flag)."""
+    from vast.train.cli import main as train_main
+
+    return train_main(argv)
+
+
 def tiny_models(directory: str) -> int:
     """Write the tiny random-weight models the demo preset uses (captioners, Whisper, LM).
 
@@ -178,7 +200,9 @@ def sample(directory: str, videos: int = 4) -> int:
 
 COMMANDS: dict[str, Callable[..., int]] = {
     "ingest": ingest, "status": status, "retry": retry, "annotate": annotate, "label": label,
-    "export": export, "sample": sample, "tiny-models": tiny_models}
+    "export": export, "shards-build": shards_build, "sample": sample, "tiny-models": tiny_models}
+# commands whose flags are their own (the upstream trainer flags): argv is handed over as it is
+PASSTHROUGH: dict[str, Callable[[list[str]], int]] = {"train": train}
 FLAG_NAMES = {"classes": "--class", "stages": "--stage"}
 
 
@@ -214,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vast-pipeline",
                                      description="Build VAST-27M-style omni-modal video corpora on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn in PASSTHROUGH.items():
+        sub.add_parser(name, help=(inspect.getdoc(fn) or "").splitlines()[0], add_help=False)
     for name, fn in COMMANDS.items():
         summary, docs = _arg_docs(fn)
         epilog = None
@@ -263,6 +289,13 @@ def parse_overrides(extra: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PASSTHROUGH:
+        try:
+            return PASSTHROUGH[argv[0]](argv[1:])
+        except (ConfigError, FileNotFoundError) as e:
+            print(f"vast-pipeline {argv[0]}: error: {e}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     fn = COMMANDS[args.command]
