@@ -4,9 +4,9 @@ The graph is built from the config's ordered ``stages`` mapping: each name is lo
 stage registry (``vast.pipeline.stage.STAGES``), so a new stage plugs in by registering it and
 naming it in a preset — this file does not change. Stages without ``actors`` run as Ray tasks;
 stages with ``actors: N`` run on a pool of N actors that construct the stage (and load its model)
-once. The last operator (Ray tasks) commits each batch of ``shards.samples_per_shard`` rows as one shard and
-sends only the small ledger rows back to the driver, so memory stays bounded by the pipeline's
-width, not the input's length.
+once. The last operator (Ray tasks) commits each batch of ``shards.samples_per_shard`` rows as
+one shard and sends only the small ledger rows back to the driver, so memory stays bounded by the
+pipeline's width, not the input's length.
 """
 
 from __future__ import annotations
@@ -25,9 +25,6 @@ from vast.pipeline.stage import rows_of, stage_class, stage_config
 
 if TYPE_CHECKING:
     from vast.pipeline.ingest import IngestConfig, RayOptions
-
-log = logging.getLogger(__name__)
-
 
 def init_ray(opts: RayOptions) -> None:
     """Connect to ``opts.address``/``RAY_ADDRESS``, or start the embedded local Ray on loopback."""
@@ -65,10 +62,6 @@ def _make_counter(start: int) -> Any:
                 self.numbers[digest] = self.next
                 self.next += 1
             return self.numbers[digest]
-
-        def reserve(self) -> int:
-            self.next += 1
-            return self.next - 1
 
     return CommitCounter.remote(start)
 
@@ -140,10 +133,10 @@ def build_dataset(cfg: IngestConfig, requests: pa.Table, counter: Any, prepare: 
 
 
 def run_graph(cfg: IngestConfig, requests: pa.Table, first_commit: int,
-              on_commit: Callable[[pa.Table], None], prepare: Prepare | None = None) -> int:
+              on_commit: Callable[[pa.Table], None], prepare: Prepare | None = None) -> None:
     """Run the graph over ``requests``; ``on_commit`` sees each commit's ledger rows as they land.
 
-    Returns the next free commit number.
+    Commit numbers start at ``first_commit``.
     """
     import ray
 
@@ -158,6 +151,5 @@ def run_graph(cfg: IngestConfig, requests: pa.Table, first_commit: int,
             for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 if table.num_rows:
                     on_commit(table)
-        return ray.get(counter.reserve.remote())
     finally:
         ray.kill(counter)

@@ -122,7 +122,7 @@ def ingest(inputs: list[str], cfg: IngestConfig) -> dict[str, Any]:
         lines = "\n".join(f"  {w}: {m}" for w, m in zip(invalid["input"].to_pylist()[:20],
                                                        invalid["message"].to_pylist()[:20], strict=True))
         raise ConfigError(f"--strict: {invalid.num_rows} malformed input line(s), nothing was run:\n{lines}")
-    return _run(cfg, reqs.table(), rejected, save_plan=True)
+    return run_ingest_requests(cfg, reqs)
 
 
 def run_ingest_requests(cfg: IngestConfig, reqs: Requests) -> dict[str, Any]:
