@@ -56,13 +56,7 @@ def settle_everything(output: str, requests: pa.Table, part_rows: int) -> None:
             "bytes": pa.array([1] * m, pa.int64()), "commit": pa.array([number] * m, pa.int64()),
             "time": pa.array([0.0] * m),
         }).select(LEDGER_SCHEMA.names).cast(LEDGER_SCHEMA)
-        import io
-
-        import pyarrow.parquet as pq
-
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        store.write_bytes(f"ledger/part-{number:06d}.parquet", buf.getvalue())
+        store.write_parquet(f"ledger/part-{number:06d}.parquet", table)
 
 
 def plan_once(ids: Path, output: str) -> tuple[float, pa.Table, pa.Table, ResumeState, int]:

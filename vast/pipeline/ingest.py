@@ -6,7 +6,6 @@ command after any interruption plans exactly the requests (and clips) not yet se
 
 from __future__ import annotations
 
-import io
 import math
 import sys
 import time
@@ -17,7 +16,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import yaml
 
 from vast.config import ConfigError, from_dict, load_yaml, to_dict
@@ -26,8 +24,6 @@ from vast.pipeline.inputs import REQUEST_SCHEMA, Requests, read_inputs
 from vast.pipeline.ledger import (
     RESUME_COLUMNS,
     ResumeState,
-    ledger_row,
-    ledger_table,
     read_ledger,
     resume_state,
 )
@@ -35,6 +31,7 @@ from vast.pipeline.progress import Progress
 from vast.pipeline.stage import stage_config
 from vast.shards.store import OutputStore
 from vast.shards.summary import summarize
+from vast.shards.writer import ShardWriter
 
 
 @dataclass
@@ -172,7 +169,7 @@ def _run(cfg: IngestConfig, requests: pa.Table, rejected: pa.Table | None, save_
     def plan(store: OutputStore, state: ResumeState) -> tuple[pa.Table, int]:
         if save_plan:
             store.write_bytes("config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
-            _write_parquet(store, "plan.parquet", requests)
+            store.write_parquet("plan.parquet", requests)
         todo = plan_todo(requests, state) if skip is None else with_pipeline_columns(requests, skip)
         return todo, requests.num_rows
 
@@ -197,8 +194,8 @@ def run_job(cfg: IngestConfig, plan: Callable[[OutputStore, ResumeState], tuple[
         if rejected is not None:
             fresh = rejected.filter(pc.invert(pc.is_in(rejected["input"], state.rejected_inputs)))
             if fresh.num_rows:
-                rows = [ledger_row({**r, "stage": "plan"}, next_commit) for r in fresh.to_pylist()]
-                progress.update(_commit_ledger(store, rows, next_commit))
+                rows = [{**r, "stage": "plan"} for r in fresh.to_pylist()]
+                progress.update(ShardWriter(cfg.output).commit(rows, next_commit))
                 next_commit += 1
         if cfg.notice:
             print(f"NOTE: {cfg.notice}", file=sys.stderr)
@@ -236,18 +233,6 @@ def with_pipeline_columns(requests: pa.Table, skip: dict[str, list[str]]) -> pa.
     for name, column in extra.items():
         requests = requests.append_column(name, column)
     return requests
-
-
-def _commit_ledger(store: OutputStore, rows: list[dict[str, Any]], number: int) -> pa.Table:
-    table = ledger_table(rows)
-    _write_parquet(store, f"ledger/part-{number:06d}.parquet", table)
-    return table
-
-
-def _write_parquet(store: OutputStore, name: str, table: pa.Table) -> None:
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    store.write_bytes(name, buf.getvalue())
 
 
 def _json(obj: Any) -> bytes:

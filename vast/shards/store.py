@@ -81,6 +81,16 @@ class OutputStore:
             f.write(data)
         self.put_file(tmp, name)
 
+    def write_parquet(self, name: str, table: Any) -> None:
+        """Write a pyarrow table as parquet (zstd) to ``name``, atomically."""
+        import io
+
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        self.write_bytes(name, buf.getvalue())
+
     def staging_dir(self) -> str:
         """A local folder for files being built: inside the output dir when it is local (so the
         final rename stays on one filesystem), else the system temp dir."""

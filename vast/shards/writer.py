@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from vast.pipeline.ledger import ledger_row, ledger_table
 from vast.shards.schema import MANIFEST_SCHEMA, manifest_row, sample_json
@@ -61,17 +60,12 @@ class ShardWriter:
                     manifest.append(manifest_row(sample, tar, len(members.get("mp4", b"")), flac_bytes))
                     ledger.append(ledger_row(row, number, tar, float(sample["duration"] or 0.0), nbytes))
             self.store.put_file(tmp, tar)
-            self._write_parquet(pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA),
-                                tar.replace(".tar", ".parquet"))
+            self.store.write_parquet(tar.replace(".tar", ".parquet"),
+                                     pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA))
         ledger += [ledger_row(r, number) for r in rows if r["status"] != "ok"]
         table = ledger_table(ledger)
-        self._write_parquet(table, f"ledger/part-{number:06d}.parquet")  # the commit record: last
+        self.store.write_parquet(f"ledger/part-{number:06d}.parquet", table)  # the commit record: last
         return table
-
-    def _write_parquet(self, table: pa.Table, name: str) -> None:
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
-        self.store.write_bytes(name, buf.getvalue())
 
 
 def _json_bytes(sample: dict[str, Any]) -> bytes:
