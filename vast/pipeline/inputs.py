@@ -34,8 +34,12 @@ from vast.pipeline.keys import YOUTUBE_ID, parse_time, request_key, sanitize, vi
 
 YOUTUBE_WATCH = "https://www.youtube.com/watch?v={}"
 _TIMELIKE = re.compile(r"^[0-9][0-9:.]*$")
-_MEDIA_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".ts", ".mpg", ".mpeg",
-                   ".wmv", ".3gp", ".ogv", ".m4a", ".mp3", ".wav", ".flac", ".ogg", ".opus", ".aac"}
+# Media file suffixes, in order of preference where a file is looked up by its stem.
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".ts", ".mpg", ".mpeg", ".wmv",
+                  ".3gp", ".ogv")
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".aac")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+_MEDIA_SUFFIXES = frozenset(VIDEO_SUFFIXES + AUDIO_SUFFIXES)
 
 REQUEST_SCHEMA = pa.schema([
     ("request", pa.string()), ("key", pa.string()), ("input", pa.string()), ("video_id", pa.string()),

@@ -18,18 +18,16 @@ from typing import Any
 
 from vast.config import ConfigError
 from vast.pipeline.ingest import IngestConfig, run_ingest_requests
-from vast.pipeline.inputs import Requests
+from vast.pipeline.inputs import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, Requests
 from vast.shards.store import OutputStore
 from vast.shards.vast27m import manifest
 
-VIDEO = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".mpg", ".mpeg", ".wmv", ".3gp", ".ts"}
-AUDIO = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".aac"}
-IMAGE = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+LABELLED = frozenset(VIDEO_SUFFIXES + AUDIO_SUFFIXES + IMAGE_SUFFIXES)
 
 
 def label_requests(folder: Path, meta: Path | None) -> Requests:
     """One whole-file request per media file (or per ``meta.json`` entry, in its order)."""
-    files = {p.name: p for p in sorted(folder.iterdir()) if p.suffix.lower() in VIDEO | AUDIO | IMAGE}
+    files = {p.name: p for p in sorted(folder.iterdir()) if p.suffix.lower() in LABELLED}
     by_stem: dict[str, Path] = {}
     for p in files.values():
         by_stem.setdefault(p.stem, p)

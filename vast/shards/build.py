@@ -19,8 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-MEDIA_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".wav",
-                  ".mp3", ".flac", ".m4a")
+from vast.pipeline.inputs import AUDIO_SUFFIXES, VIDEO_SUFFIXES
 
 
 def read_annotations(path: str | Path) -> list[dict[str, Any]]:
@@ -67,7 +66,7 @@ def find_media(media: Path, video_id: str) -> Path | None:
     exact = media / video_id
     if exact.is_file():
         return exact
-    for suffix in MEDIA_SUFFIXES:
+    for suffix in VIDEO_SUFFIXES + AUDIO_SUFFIXES:
         p = media / f"{video_id}{suffix}"
         if p.is_file():
             return p
