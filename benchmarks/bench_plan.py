@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from vast.pipeline.ingest import plan_todo
 from vast.pipeline.inputs import read_inputs
-from vast.pipeline.ledger import LEDGER_SCHEMA, RESUME_COLUMNS, ResumeState, read_ledger, resume_state
+from vast.shards.ledger import LEDGER_SCHEMA, RESUME_COLUMNS, ResumeState, read_ledger, resume_state
 from vast.shards.store import OutputStore
 from vast.shards.writer import ShardWriter
 

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.train.shardgen import SOURCES, make_clip, shard_urls, vocab_dir  # noqa: E402
-from vast.shards.build import shards_build  # noqa: E402
+from vast.pipeline.build import shards_build  # noqa: E402
 from vast.shards.reader import CorpusConfig, DecodeSpec, ReaderConfig, ShardStream  # noqa: E402
 
 

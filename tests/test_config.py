@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 from vast.config import PRESET_DIR, ConfigError, describe, field_docs, from_dict, load_yaml
-from vast.pipeline.ingest import IngestConfig, StageSpec, load_config
+from vast.pipeline.config import IngestConfig, StageSpec, load_config
 from vast.pipeline.stage import stage_config
 
 INGEST_PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))

@@ -30,8 +30,8 @@ def ingest(inputs: list[str], config: str = "demo", output: str | None = None, a
         strict: refuse the run before any work if an input line is malformed
         no_progress: no live progress bar
     """
+    from vast.pipeline.config import load_config
     from vast.pipeline.ingest import ingest as run_ingest
-    from vast.pipeline.ingest import load_config
     from vast.shards.summary import format_summary
 
     cfg = load_config(config, _with(overrides, output=output, **{"ray.address": address}))
@@ -53,7 +53,7 @@ def status(output: str, examples: int = 2) -> int:
     """
     import pyarrow.compute as pc
 
-    from vast.pipeline.ledger import read_ledger
+    from vast.shards.ledger import read_ledger
     from vast.shards.store import OutputStore
     from vast.shards.summary import format_summary, summarize
 
@@ -76,8 +76,9 @@ def retry(output: str, classes: list[str], overrides: dict[str, str] | None = No
         classes: error classes to re-run (e.g. --class rate_limited --class network)
     """
     from vast.config import apply_override, from_dict, to_dict
-    from vast.pipeline.ingest import IngestConfig, saved_config
+    from vast.pipeline.config import IngestConfig
     from vast.pipeline.ingest import retry as run_retry
+    from vast.pipeline.ingest import saved_config
     from vast.shards.summary import format_summary
 
     data = to_dict(saved_config(output))
@@ -100,7 +101,7 @@ def annotate(shards: str, output: str, config: str = "demo", stages: list[str] |
         no_progress: no live progress bar
     """
     from vast.pipeline.annotate import annotate as run_annotate
-    from vast.pipeline.ingest import load_config
+    from vast.pipeline.config import load_config
     from vast.shards.summary import format_summary
 
     cfg = load_config(config, _with(overrides, output=output))
@@ -122,7 +123,7 @@ def label(folder: str, output: str, config: str = "demo", meta: str | None = Non
             if present, else every media file)
         no_progress: no live progress bar
     """
-    from vast.pipeline.ingest import load_config
+    from vast.pipeline.config import load_config
     from vast.pipeline.label import label as run_label
     from vast.shards.summary import format_summary
 
@@ -159,7 +160,7 @@ def shards_build(annotations: str, media: str, output: str, config: str = "demo"
         output: the output directory of the shards
         config: ingest preset or YAML for the media settings (its annotation stages are not run)
     """
-    from vast.shards.build import shards_build as build
+    from vast.pipeline.build import shards_build as build
 
     return build(annotations, media, output, config, overrides)
 
@@ -208,7 +209,7 @@ FLAG_NAMES = {"classes": "--class", "stages": "--stage"}
 
 def _ingest_keys() -> list[tuple[str, str, str]]:
     """Every ingest config key: the top level, then each registered stage's run spec and options."""
-    from vast.pipeline.ingest import IngestConfig, StageSpec
+    from vast.pipeline.config import IngestConfig, StageSpec
     from vast.pipeline.stage import STAGES, stage_class
 
     rows = [r for r in describe(IngestConfig) if r[0] != "stages"]

@@ -10,7 +10,8 @@ import webdataset as wds
 
 from vast.captioners.tiny import write_demo_models
 from vast.cli import main
-from vast.pipeline.ingest import ingest, load_config
+from vast.pipeline.config import load_config
+from vast.pipeline.ingest import ingest
 
 STAGES = ("vision_caption", "audio_caption", "subtitle", "fusion")
 

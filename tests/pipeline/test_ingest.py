@@ -18,8 +18,9 @@ import pytest
 import webdataset as wds
 
 from vast.cli import main
-from vast.pipeline.ingest import ingest, load_config
-from vast.pipeline.ledger import read_ledger
+from vast.pipeline.config import load_config
+from vast.pipeline.ingest import ingest
+from vast.shards.ledger import read_ledger
 from vast.shards.store import OutputStore
 
 BIN = Path(sys.executable).parent

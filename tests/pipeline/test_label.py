@@ -9,7 +9,7 @@ import webdataset as wds
 
 from tests.mediagen import make_audio_only, make_video
 from vast.cli import main
-from vast.pipeline.ledger import read_ledger
+from vast.shards.ledger import read_ledger
 from vast.shards.store import OutputStore
 
 

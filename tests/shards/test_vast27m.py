@@ -3,7 +3,8 @@ import json
 import webdataset as wds
 
 from vast.cli import main
-from vast.pipeline.ingest import ingest, load_config
+from vast.pipeline.config import load_config
+from vast.pipeline.ingest import ingest
 from vast.shards.vast27m import clock
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from vast.pipeline.ledger import read_ledger
+from vast.shards.ledger import read_ledger
 from vast.shards.store import OutputStore
 from vast.shards.writer import ShardWriter
 

@@ -69,7 +69,7 @@ def media_dir() -> Path:
 @functools.cache
 def downstream_shards() -> Path:
     """Shards of the four clips with captions and a QA pair in ``meta`` (via ``shards build``)."""
-    from vast.shards.build import shards_build
+    from vast.pipeline.build import shards_build
 
     root = _tmp()
     records = annotations("ret")

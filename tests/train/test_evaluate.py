@@ -6,8 +6,9 @@ import torch
 
 from tests.train.shardgen import shard_urls
 from vast.shards.reader import CorpusConfig, DecodeSpec, ReaderConfig, ShardStream
+from vast.train.config import ModelConfig
 from vast.train.evaluate import qa_batches, retrieval_scores
-from vast.train.trainer import ModelConfig, build_model
+from vast.train.trainer import build_model
 
 
 def _batches(shards, batch_size):

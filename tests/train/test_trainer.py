@@ -15,8 +15,9 @@ import torch
 
 from tests.train.conftest import tiny_overrides
 from vast.train.cli import UPSTREAM_FLAGS, load_train_config, parse_args
+from vast.train.config import TrainConfig
 from vast.train.optim import OptimConfig, build_optimizer, build_scheduler
-from vast.train.trainer import TrainConfig, train
+from vast.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = ["pretrain", "retrieval", "caption", "qa"]

@@ -21,11 +21,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vast.config import ConfigError
+from vast.pipeline.config import IngestConfig
 from vast.pipeline.graph import Prepare
-from vast.pipeline.ingest import IngestConfig, ResumeState, run_job
-from vast.pipeline.ledger import read_ledger
+from vast.pipeline.ingest import run_job
 from vast.pipeline.media import MediaConfig, read_frames
 from vast.pipeline.stage import SampleError, batch_of, fail, stage_class, stage_config
+from vast.shards.ledger import ResumeState, read_ledger
 from vast.shards.schema import ANNOTATION_FIELDS
 from vast.shards.store import OutputStore
 

@@ -17,14 +17,13 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 
+from vast.pipeline.config import IngestConfig, RayOptions
 from vast.pipeline.stage import rows_of, stage_class, stage_config
 
-if TYPE_CHECKING:
-    from vast.pipeline.ingest import IngestConfig, RayOptions
 
 def init_ray(opts: RayOptions) -> None:
     """Connect to ``opts.address``/``RAY_ADDRESS``, or start the embedded local Ray on loopback."""

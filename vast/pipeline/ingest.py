@@ -1,6 +1,6 @@
 """``ingest`` and ``retry``: plan the requests, skip what is settled, run the graph, summarise.
 
-Resume is derived from committed ledger parts only (``vast.pipeline.ledger``): rerunning the same
+Resume is derived from committed ledger parts only (``vast.shards.ledger``): rerunning the same
 command after any interruption plans exactly the requests (and clips) not yet settled.
 """
 
@@ -10,7 +10,6 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,96 +17,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from vast.config import ConfigError, from_dict, load_yaml, to_dict
+from vast.config import ConfigError, from_dict, to_dict
+from vast.pipeline.config import IngestConfig
 from vast.pipeline.graph import Prepare, run_graph
 from vast.pipeline.inputs import REQUEST_SCHEMA, Requests, read_inputs
-from vast.pipeline.ledger import (
-    RESUME_COLUMNS,
-    ResumeState,
-    read_ledger,
-    resume_state,
-)
 from vast.pipeline.progress import Progress
-from vast.pipeline.stage import stage_config
+from vast.shards.ledger import RESUME_COLUMNS, ResumeState, read_ledger, resume_state
 from vast.shards.store import OutputStore
 from vast.shards.summary import summarize
 from vast.shards.writer import ShardWriter
-
-
-@dataclass
-class StageSpec:
-    """How one stage of the graph runs (its own settings live in ``options``)."""
-
-    num_cpus: float = 1.0
-    """CPU cores reserved per task or actor; fractions let I/O-bound stages overlap."""
-    num_gpus: float = 0.0
-    """GPUs per actor (fractional for small models); 0 runs on CPU."""
-    actors: int = 0
-    """0: run as Ray tasks; N > 0: a pool of N actors, each building the stage (its model) once."""
-    batch_size: int = 4
-    """Rows per call of the stage."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """The stage's own config (its ``Config`` dataclass, e.g. ``FetchConfig``), checked by name."""
-
-
-@dataclass
-class ShardOptions:
-    """How committed shards are cut."""
-
-    samples_per_shard: int = 200
-    """Rows per commit: ok samples go to one tar, every row to one ledger part."""
-    num_cpus: float = 0.25
-    """CPU reserved per shard-writing task."""
-
-
-@dataclass
-class RayOptions:
-    """Where the graph runs."""
-
-    address: str | None = None
-    """Ray cluster address (``ray://…`` or ``host:port``); unset with no RAY_ADDRESS: local Ray."""
-    num_cpus: int | None = None
-    """CPUs of the embedded local Ray (default: all cores)."""
-    object_store_mb: int = 1024
-    """Object store size of the embedded local Ray, in MiB."""
-    window_requests: int = 20000
-    """Requests handed to Ray per streaming window: bounds the plan's share of the object store."""
-
-
-@dataclass
-class IngestConfig:
-    """Everything ``vast-pipeline ingest`` does, as one typed config (presets in ``configs/``)."""
-
-    output: str = "out"
-    """Output directory or URL (``s3://bucket/corpus`` …): shards, manifests, ledger, summary."""
-    stages: dict[str, StageSpec] = field(default_factory=lambda: {"fetch": StageSpec(num_cpus=0.25),
-                                                                  "media": StageSpec()})
-    """The graph, in order: stage name → how it runs and its options."""
-    shards: ShardOptions = field(default_factory=ShardOptions)
-    ray: RayOptions = field(default_factory=RayOptions)
-    strict: bool = False
-    """Refuse the whole run, before any work, when an input line is malformed."""
-    progress: bool = True
-    """Show a live progress bar on stderr."""
-    notice: str | None = None
-    """A line printed before and after every run of this config (the demo says its captions are
-    meaningless)."""
-
-    def __post_init__(self) -> None:
-        if not self.stages:
-            raise ConfigError("stages: at least one stage is needed")
-        for name, spec in self.stages.items():
-            stage_config(name, spec.options)  # unknown stage or bad option: fail now, not in a worker
-
-
-def load_config(preset: str = "demo", overrides: dict[str, Any] | None = None) -> IngestConfig:
-    """A preset name or YAML file, with dotted overrides applied on top."""
-    from vast.config import apply_override
-
-    data = load_yaml(preset)
-    for dotted, value in (overrides or {}).items():
-        apply_override(data, dotted, value)
-    return from_dict(IngestConfig, data)
 
 
 def ingest(inputs: list[str], cfg: IngestConfig) -> dict[str, Any]:

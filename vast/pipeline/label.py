@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from vast.config import ConfigError
-from vast.pipeline.ingest import IngestConfig, run_ingest_requests
+from vast.pipeline.config import IngestConfig
+from vast.pipeline.ingest import run_ingest_requests
 from vast.pipeline.inputs import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, Requests
 from vast.shards.store import OutputStore
 from vast.shards.vast27m import manifest

@@ -12,7 +12,7 @@ from vast.shards.store import COMMIT_RE, OutputStore
 
 def summarize(store: OutputStore, run: dict[str, Any] | None = None) -> dict[str, Any]:
     """Counts by status and error class, hours of video, bytes, shards; ``run`` adds this run's figures."""
-    from vast.pipeline.ledger import read_ledger
+    from vast.shards.ledger import read_ledger
 
     ledger = read_ledger(store)
     status = _counts(ledger["status"])
@@ -32,7 +32,7 @@ def summarize(store: OutputStore, run: dict[str, Any] | None = None) -> dict[str
     if store.exists("plan.parquet"):
         import pyarrow.parquet as pq
 
-        from vast.pipeline.ledger import resume_state
+        from vast.shards.ledger import resume_state
 
         with store.open("plan.parquet") as f:
             planned = pq.read_table(f, columns=["request"])["request"]

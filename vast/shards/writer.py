@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from vast.pipeline.ledger import ledger_row, ledger_table
+from vast.shards.ledger import ledger_row, ledger_table
 from vast.shards.schema import MANIFEST_SCHEMA, manifest_row, sample_json
 from vast.shards.store import OutputStore
 

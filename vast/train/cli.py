@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from vast.config import apply_override, from_dict, load_yaml
-from vast.train.trainer import TrainConfig
+from vast.train.config import TrainConfig
 from vast.train.trainer import train as run_training
 
 # Upstream command-line names -> where they live in TrainConfig.
@@ -74,7 +74,7 @@ def train(config: str, overrides: dict[str, str] | None = None, ray: bool = Fals
 def shards_build(annotations: str, media: str, output: str, preset: str = "demo",
                  overrides: dict[str, str] | None = None) -> int:
     """Pack a downstream set (upstream annotation JSON + media folder) into shards; 0 when all packed."""
-    from vast.shards.build import shards_build as build
+    from vast.pipeline.build import shards_build as build
 
     return build(annotations, media, output, preset, overrides)
 

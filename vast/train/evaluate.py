@@ -21,11 +21,11 @@ from vast.model.generation import GenerationConfig
 from vast.model.tasks import condition_of, parse_task
 from vast.shards.reader import ShardStream, make_loader
 from vast.train import metrics as M
+from vast.train.config import TrainConfig, decode_spec
 
 
-def valid_batches(cfg: Any, task: str) -> list[dict[str, Any]]:
+def valid_batches(cfg: TrainConfig, task: str) -> list[dict[str, Any]]:
     """Every validation sample once, in shard order, decoded for testing (middle frames)."""
-    from vast.train.trainer import decode_spec
 
     if cfg.data.valid is None:
         raise ValueError("no validation data configured (data.valid)")
@@ -83,7 +83,7 @@ def qa_batches(batches: list[dict[str, Any]], size: int) -> list[dict[str, Any]]
 
 
 @torch.no_grad()
-def evaluate(model: Any, cfg: Any, task: str) -> dict[str, float]:
+def evaluate(model: Any, cfg: TrainConfig, task: str) -> dict[str, float]:
     """Scores of ``model`` for every task of ``task`` on ``cfg.data.valid`` (keys prefixed by kind)."""
     was_training = model.training
     model.eval()

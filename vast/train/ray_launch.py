@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vast.config import from_dict, to_dict
-from vast.train.trainer import TrainConfig
+from vast.train.config import TrainConfig
 
 
 @dataclass

@@ -15,94 +15,15 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from vast.shards.reader import DataPosition, DecodeSpec, ReaderConfig, ShardStream, expand_urls, make_loader
-from vast.train.optim import OptimConfig, build_optimizer, build_scheduler
-
-
-@dataclass
-class ModelConfig:
-    """Which VAST to train and how its towers train."""
-
-    name: str = "tiny"
-    """Named model config (``vast.model.CONFIGS``): tiny, vast, vision-captioner, audio-captioner."""
-    overrides: dict[str, Any] = field(default_factory=dict)
-    """``create_model`` overrides (top-level fields, towers as mappings)."""
-    tokenizer: str | None = None
-    """Directory with the BERT ``vocab.txt`` (required: the model tokenizes the captions)."""
-    init: str | None = None
-    """Initial weights: one of our checkpoints, or an official VAST run / ``model_step_N.pt``."""
-    checkpointing: bool = False
-    """Gradient checkpointing of every transformer block (upstream ``--checkpointing``)."""
-    frozen_vision: bool = False
-    """Freeze the vision tower (upstream ``--frozen_vision``)."""
-
-
-@dataclass
-class DataConfig:
-    """Training and validation shards and how samples decode."""
-
-    train: ReaderConfig = field(default_factory=ReaderConfig)
-    valid: ReaderConfig | None = None
-    """Validation shards (read epoch-exact, middle frames); None skips validation."""
-    train_vision_sample_num: int = 8
-    test_vision_sample_num: int = 16
-    train_audio_sample_num: int = 1
-    test_audio_sample_num: int = 1
-    image_size: int = 224
-    """Frame side in pixels (the vision tower's resolution)."""
-    epoch_samples: int = 0
-    """Samples per epoch for ``train_epoch``; 0 counts them from the shards' parquet manifests."""
-
-
-@dataclass
-class TrainConfig:
-    """One training or testing run (presets in ``vast/configs/train/``)."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    output: str = "out/train"
-    """Run directory: ``ckpt/``, ``log.jsonl``, ``config.json``."""
-    mode: str = "training"
-    """``training`` or ``testing`` (evaluate ``checkpoint`` on the validation data)."""
-    checkpoint: str | None = None
-    """Weights to evaluate in testing mode (one of our checkpoints)."""
-    train_task: str = "ret%tv"
-    """Upstream task string, e.g. ``ret%tvas%tvs%tv%ta_cap%tvas%tvs%tv%ta`` for VAST-27M pretraining."""
-    test_task: str = ""
-    """Task string of validation (default: the training task); each task's first group is scored."""
-    train_batch_size: int = 64
-    """Samples per micro-batch and process."""
-    test_batch_size: int = 64
-    grad_accum: int = 1
-    """Micro-batches per optimizer step (gradients summed, synced once)."""
-    train_steps: int = 0
-    """Optimizer steps; 0 derives them from ``train_epoch``."""
-    train_epoch: float = 0.0
-    valid_freq: int = 0
-    """Validate every N steps (0: only at the end)."""
-    save_freq: int = 0
-    """Checkpoint every N steps (0: only at the end)."""
-    log_freq: int = 10
-    precision: str = "fp32"
-    """fp32, bf16 or fp16 autocast (fp16 uses a gradient scaler)."""
-    beam_size: int = 3
-    max_generation_len: int = 40
-    meteor: bool = True
-    """Caption eval: also METEOR (pycocoevalcap's Java scorer, when java and pycocoevalcap are installed)."""
-    rerank_k: int = 50
-    """Retrieval: matching-head re-ranking of the top k contrastive candidates."""
-    seed: int = 0
-    backend: str = ""
-    """torch.distributed backend under torchrun; empty: nccl on GPU, gloo on CPU."""
-
+from vast.shards.reader import DataPosition, ReaderConfig, ShardStream, expand_urls, make_loader
+from vast.train.config import ModelConfig, TrainConfig, decode_spec
+from vast.train.optim import build_optimizer, build_scheduler
 
 # ------------------------------------------------------------------ distributed
 
@@ -153,18 +74,6 @@ def build_model(cfg: ModelConfig, device: torch.device) -> Any:
         model.vision_encoder.requires_grad_(False)
     model.set_grad_checkpointing(cfg.checkpointing)
     return model.to(device)
-
-
-def decode_spec(cfg: TrainConfig, train: bool, task: str) -> DecodeSpec:
-    """What the reader decodes for ``task``: frames only if a group needs vision, audio only if audio."""
-    from vast.model.tasks import modalities_needed, parse_task
-
-    mods = modalities_needed(parse_task(task))
-    d = cfg.data
-    return DecodeSpec(
-        num_frames=d.train_vision_sample_num if train else d.test_vision_sample_num,
-        num_audio_clips=(d.train_audio_sample_num if train else d.test_audio_sample_num) * ("a" in mods),
-        image_size=d.image_size, train=train, video="v" in mods)
 
 
 def count_samples(reader: ReaderConfig) -> int:

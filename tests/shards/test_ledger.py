@@ -4,7 +4,7 @@ import pyarrow as pa
 
 from vast.pipeline.ingest import plan_todo, retry_requests
 from vast.pipeline.inputs import REQUEST_SCHEMA
-from vast.pipeline.ledger import effective, ledger_row, ledger_table, resume_state
+from vast.shards.ledger import effective, ledger_row, ledger_table, resume_state
 
 
 def row(key, request, status="ok", cls="", commit=0, n_clips=1, start=0.0, end=5.0, inp="ids.txt:1"):

@@ -7,7 +7,7 @@ import json
 import webdataset as wds
 
 from tests.train.shardgen import downstream_shards, media_dir, shard_urls
-from vast.shards.build import build_inputs, merge_records, read_annotations, shards_build
+from vast.pipeline.build import build_inputs, merge_records, read_annotations, shards_build
 
 
 def test_records_of_one_video_merge_into_one_sample():

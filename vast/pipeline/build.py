@@ -113,7 +113,8 @@ def shards_build(annotations: str, media: str, output: str, preset: str = "demo"
     """
     import sys
 
-    from vast.pipeline.ingest import ingest, load_config
+    from vast.pipeline.config import load_config
+    from vast.pipeline.ingest import ingest
 
     cfg = load_config(preset, {"output": output, **(overrides or {})})
     # the downstream set brings its own annotations: cut the media, run no annotation stage
