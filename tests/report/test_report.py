@@ -230,6 +230,22 @@ def test_manifests_missing_optional_columns_leave_their_figures_empty(corpus, tm
     assert sum(int(r.values()[1]) for r in page.table("durations")) == 7
 
 
+def test_a_damaged_output_still_gets_its_page_saying_what_is_missing(corpus, tmp_path):
+    output = tmp_path / "damaged"
+    shutil.copytree(corpus.output, output, ignore=shutil.ignore_patterns("report"))
+    tar = sorted(output.glob("shard-*.tar"))[0]
+    lost = set(pq.read_table(tar.with_suffix(".parquet"))["key"].to_pylist())
+    tar.with_suffix(".parquet").unlink()
+    tar.unlink()
+    write_report(str(output))
+    page = Page((output / "report" / "index.html").read_text())
+    totals = {r.attrs["data-key"]: int(float(r.values()[-1])) for r in page.table("totals")}
+    assert totals["ok"] == 7 and totals["manifest_rows"] == 7 - len(lost)
+    damaged = [c for c in page.cards if c["data-key"] in lost]
+    assert damaged and all(f"{tar.name}: FileNotFoundError" in c["text"] and not c["media"]
+                           for c in damaged)
+
+
 def test_report_refuses_a_folder_that_is_no_output(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "no committed ledger part" in capsys.readouterr().err

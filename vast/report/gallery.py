@@ -34,6 +34,7 @@ SEEK_BLOCK = 1 << 16
 """Read size on object stores: a header costs one small ranged read, not a multi-megabyte block."""
 MEDIA_FOLDER = "report/media"
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")  # the key alphabet (vast.pipeline.keys): safe as a file name
+_SHARD = re.compile(r"^shard-\d{6,}\.tar$")
 _HASH_CHUNK = 1 << 16
 
 
@@ -50,6 +51,8 @@ class GalleryItem:
     files: dict[str, str] = field(default_factory=dict)
     """``mp4`` / ``flac`` / ``poster`` → file name in ``report/media/``."""
     poster_error: str = ""
+    media_error: str = ""
+    """Why the sample's members could not be read from its shard (a missing or damaged tar)."""
     ledger: dict[str, Any] = field(default_factory=dict)
     """The full ledger row (class, message, stage, source) of a failed item."""
 
@@ -101,11 +104,17 @@ def build_gallery(store: OutputStore, ledger: pa.Table, n: int, files: MediaFile
     for item in items:
         if item.status == "failed":
             item.ledger = rows.get((item.key, item.input), {})
-        elif _SAFE_KEY.match(item.key) and item.shard:
+        elif _SAFE_KEY.match(item.key) and _SHARD.match(item.shard):
             by_shard.setdefault(item.shard, {})[item.key] = item
+        else:
+            item.media_error = f"no readable shard member for key {item.key!r} in {item.shard!r}"
     for shard, wanted in by_shard.items():
-        for key, ext, data in read_members(store, shard, set(wanted)):
-            files.add(wanted[key], ext, data)
+        try:
+            for key, ext, data in read_members(store, shard, set(wanted)):
+                files.add(wanted[key], ext, data)
+        except (OSError, tarfile.TarError) as e:  # the page still shows everything else
+            for item in wanted.values():
+                item.media_error = f"{shard}: {type(e).__name__}: {e}"
     return items
 
 

@@ -232,11 +232,12 @@ def _ok_card(item: GalleryItem) -> str:
     if "mp4" in item.files:
         poster = f' poster="{_src(item.files["poster"])}"' if "poster" in item.files else ""
         media.append(f'<video controls preload="metadata"{poster} src="{_src(item.files["mp4"])}"></video>')
-    if item.poster_error:
-        media.append(f'<p class="muted">{_e(item.poster_error)}</p>')
+    for error in (item.media_error, item.poster_error):
+        if error:
+            media.append(f'<p class="muted">{_e(error)}</p>')
     if "flac" in item.files:
         media.append(f'<audio controls preload="metadata" src="{_src(item.files["flac"])}"></audio>')
-    else:
+    elif not item.media_error:
         why = f": {_e(s['audio_missing'])}" if s.get("audio_missing") else ""
         media.append(f'<p class="muted">no audio{why}</p>')
     span = s.get("span") or [None, None]

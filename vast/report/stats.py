@@ -158,7 +158,10 @@ def _ok_keys_by_shard(ok: pa.Table) -> dict[str, pa.Array]:
     the effective ledger keeps for its key."""
     if ok.num_rows == 0:
         return {}
-    ok = ok.select(["shard", "key"]).sort_by("shard")
+    in_shard = pc.fill_null(pc.not_equal(ok["shard"], ""), False)
+    ok = ok.select(["shard", "key"]).filter(in_shard).sort_by("shard")
+    if ok.num_rows == 0:
+        return {}
     runs = pc.run_end_encode(ok["shard"].combine_chunks())
     keys = ok["key"].combine_chunks()
     ends = runs.run_ends.to_numpy()
@@ -174,10 +177,13 @@ def _scan_manifests(store: OutputStore, ok: pa.Table, stats: CorpusStats) -> Non
     languages: dict[str, int] = {}
     for tar in keys_of:
         name = tar.removesuffix(".tar") + ".parquet"
-        with store.open(name) as f:
-            pf = pq.ParquetFile(f)
-            columns = [c for c in MANIFEST_COLUMNS if c in pf.schema_arrow.names]
-            table = pf.read(columns=columns)
+        try:
+            with store.open(name) as f:
+                pf = pq.ParquetFile(f)
+                columns = [c for c in MANIFEST_COLUMNS if c in pf.schema_arrow.names]
+                table = pf.read(columns=columns)
+        except FileNotFoundError:
+            continue  # a damaged output: the summary shows fewer manifest rows than ok clips
         if "key" not in columns:
             continue
         keep = pc.is_in(table["key"], value_set=keys_of[tar])
