@@ -220,7 +220,8 @@ def main() -> None:
         page = out / "report" / "index.html"
         files = len(list((out / "report" / "media").iterdir()))
         print(f"page     {page.stat().st_size / 1024:,.0f} KiB + {files} media files; report/summary: "
-              f"{rows[1][0] / rows[0][0]:.1f}× wall, {rows[1][2] / rows[0][2]:.1f}× RSS")
+              f"{rows[1][0] / rows[0][0]:.1f}× wall, {rows[1][1] / rows[0][1]:.1f}× CPU, "
+              f"{rows[1][2] / rows[0][2]:.1f}× peak RSS")
 
 
 if __name__ == "__main__":

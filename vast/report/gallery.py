@@ -115,6 +115,9 @@ def build_gallery(store: OutputStore, ledger: pa.Table, n: int, files: MediaFile
         except (OSError, tarfile.TarError) as e:  # the page still shows everything else
             for item in wanted.values():
                 item.media_error = f"{shard}: {type(e).__name__}: {e}"
+        for item in wanted.values():
+            if not (item.sample or item.files or item.media_error):
+                item.media_error = f"{item.key} is not in {shard}"
     return items
 
 

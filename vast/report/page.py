@@ -31,6 +31,7 @@ CARD_FIELDS = ("vision_cap", "audio_cap", "subtitle", "subtitle_language", "subt
 
 def write_report(output: str, samples: int = DEFAULT_SAMPLES) -> str:
     """Write the report of the committed data in ``output`` (path or URL); returns the page's path or URL."""
+    # checked before OutputStore, which creates the folder it is given
     fs, root = fsspec.core.url_to_fs(output.rstrip("/"))
     parts = [p for p in fs.ls(f"{root}/ledger", detail=False) if COMMIT_RE.search(p)] \
         if fs.isdir(f"{root}/ledger") else []

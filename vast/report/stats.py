@@ -25,10 +25,9 @@ import pyarrow.parquet as pq
 from vast.shards.ledger import read_ledger, read_raw
 from vast.shards.store import COMMIT_RE, OutputStore
 
-# What the report needs of the ledger: resume's columns (the effective ledger needs them) plus the
-# ok rows' duration and shard. Messages are read later, only for the rows the page shows.
-LEDGER_COLUMNS = ("key", "request", "input", "status", "error_class", "n_clips", "commit", "duration",
-                  "shard")
+# What the report needs of the ledger: what the effective ledger is computed from, the failure class,
+# and the ok rows' duration and shard. Messages are read later, only for the rows the page shows.
+LEDGER_COLUMNS = ("key", "request", "input", "status", "error_class", "commit", "duration", "shard")
 MANIFEST_COLUMNS = ("key", "duration", "has_audio", "subtitle", "subtitle_language", "vision_cap",
                     "audio_cap", "vast_cap", "provenance")
 CAPTION_FIELDS = ("vision_cap", "audio_cap", "subtitle", "vast_cap")
