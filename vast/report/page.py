@@ -300,7 +300,7 @@ font-variant-numeric:tabular-nums}caption{text-align:left;font-weight:600;paddin
 figure{margin:0;border:1px solid #e3e7ee;border-radius:8px;padding:10px}figcaption{font-weight:600}
 figure img{width:100%;height:auto}.empty{color:#6b7480;font-style:italic}
 pre{white-space:pre-wrap;word-break:break-word;font-size:12px;margin:2px 0;background:#f6f8fa;padding:4px 6px}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:16px}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:16px;align-items:start}
 .card{border:1px solid #e3e7ee;border-radius:8px;padding:10px;overflow:hidden}
 .card.failed{border-color:#f0b6a8;background:#fff8f6}.card h3{font:600 13px ui-monospace,monospace;
 margin:0 0 6px;word-break:break-all}video{width:100%;background:#000;border-radius:4px}audio{width:100%}
