@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Install what vast-pipeline needs on a fresh Debian/Ubuntu machine with Python 3.11+:
 # ffmpeg and espeak-ng from apt (only if missing), then a virtual environment in .venv with the
-# package (editable) and, with `--test`, the test tools. Safe to rerun.
+# package (editable) and, with `--test`, the test tools: the Python test extra, and Chromium with
+# its driver from apt (the report's browser test). Safe to rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || need+=(ffmpeg)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
+if [ "${1:-}" = "--test" ]; then
+    command -v chromium >/dev/null || need+=(chromium)
+    command -v chromedriver >/dev/null || need+=(chromium-driver)
+fi
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq

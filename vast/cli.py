@@ -19,7 +19,8 @@ from vast.config import ConfigError, describe
 
 
 def ingest(inputs: list[str], config: str = "demo", output: str | None = None, address: str | None = None,
-           strict: bool = False, no_progress: bool = False, overrides: dict[str, str] | None = None) -> int:
+           strict: bool = False, no_progress: bool = False, report: bool = False,
+           overrides: dict[str, str] | None = None) -> int:
     """Download, cut and shard the clips named by input files; rerun the same command to resume.
 
     Args:
@@ -29,6 +30,7 @@ def ingest(inputs: list[str], config: str = "demo", output: str | None = None, a
         address: Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)
         strict: refuse the run before any work if an input line is malformed
         no_progress: no live progress bar
+        report: write OUTPUT/report/index.html at the end (see `vast-pipeline report`) and print its path
     """
     from vast.pipeline.config import load_config
     from vast.pipeline.ingest import ingest as run_ingest
@@ -41,6 +43,8 @@ def ingest(inputs: list[str], config: str = "demo", output: str | None = None, a
         cfg.progress = False
     summary = run_ingest(inputs, cfg)
     print(format_summary(summary))
+    if report:
+        _print_report(cfg.output)
     return 0
 
 
@@ -90,7 +94,7 @@ def retry(output: str, classes: list[str], overrides: dict[str, str] | None = No
 
 
 def annotate(shards: str, output: str, config: str = "demo", stages: list[str] | None = None,
-             no_progress: bool = False, overrides: dict[str, str] | None = None) -> int:
+             no_progress: bool = False, report: bool = False, overrides: dict[str, str] | None = None) -> int:
     """Re-run annotation stages over committed shards into new shards (nothing is downloaded).
 
     Args:
@@ -99,6 +103,7 @@ def annotate(shards: str, output: str, config: str = "demo", stages: list[str] |
         config: preset or YAML whose annotation stages (and their options) are used
         stages: stages to re-run (e.g. --stage fusion); default: every annotation stage of the config
         no_progress: no live progress bar
+        report: write OUTPUT/report/index.html at the end (see `vast-pipeline report`) and print its path
     """
     from vast.pipeline.annotate import annotate as run_annotate
     from vast.pipeline.config import load_config
@@ -108,7 +113,37 @@ def annotate(shards: str, output: str, config: str = "demo", stages: list[str] |
     if no_progress:
         cfg.progress = False
     print(format_summary(run_annotate(shards, cfg, stages)))
+    if report:
+        _print_report(cfg.output)
     return 0
+
+
+def report(output: str, samples: int = 12, open: bool = False) -> int:
+    """Write OUTPUT/report/index.html: one static page of the dataset's figures and a gallery of clips.
+
+    Args:
+        output: the output directory or URL of an ingest, annotate or label
+        samples: clips in the gallery (sampled by key hash; ok and failed mixed)
+        open: open the page in the default web browser (local outputs)
+    """
+    import webbrowser
+    from pathlib import Path
+
+    path = _print_report(output, samples)
+    if open:
+        if Path(path).is_file():
+            webbrowser.open(Path(path).as_uri())
+        else:
+            print(f"--open: {path} is not on this machine's disk; copy the report/ folder to open it")
+    return 0
+
+
+def _print_report(output: str, samples: int = 12) -> str:
+    from vast.report.page import write_report
+
+    path = write_report(output, samples)
+    print(f"report   {path}")
+    return path
 
 
 def label(folder: str, output: str, config: str = "demo", meta: str | None = None, no_progress: bool = False,
@@ -200,8 +235,9 @@ def sample(directory: str, videos: int = 4) -> int:
 
 
 COMMANDS: dict[str, Callable[..., int]] = {
-    "ingest": ingest, "status": status, "retry": retry, "annotate": annotate, "label": label,
-    "export": export, "shards-build": shards_build, "sample": sample, "tiny-models": tiny_models}
+    "ingest": ingest, "status": status, "retry": retry, "annotate": annotate, "report": report,
+    "label": label, "export": export, "shards-build": shards_build, "sample": sample,
+    "tiny-models": tiny_models}
 # commands whose flags are their own (the upstream trainer flags): argv is handed over as it is
 PASSTHROUGH: dict[str, Callable[[list[str]], int]] = {"train": train}
 FLAG_NAMES = {"classes": "--class", "stages": "--stage"}
