@@ -39,7 +39,8 @@ def test_subtitle_memory_is_max_length_and_unmasked_as_upstream(tokenizer, batch
     torch.manual_seed(0)
     model = tiny_model(tokenizer).eval()
     L = model.cfg.max_subtitle_len
-    tok = tokenizer(batch["subtitle"], padding="max_length", truncation=True, max_length=L, return_tensors="pt")
+    tok = tokenizer(batch["subtitle"], padding="max_length", truncation=True, max_length=L,
+                    return_tensors="pt")
     ids, att = tok["input_ids"], tok["attention_mask"].bool()
     assert ids.shape == (4, L) and not att.all()  # real padding in play
     with torch.no_grad():
