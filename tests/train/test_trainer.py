@@ -152,7 +152,8 @@ def test_optimizer_groups_and_schedule():
 
 def test_tiny_pretraining_clipped_at_5_with_a_silent_clip_lowers_the_losses(tmp_path, vocab, pretrain_shards):
     out = tmp_path / "run"
-    cfg = load_train_config("tiny-pretrain", tiny_overrides(vocab, out, pretrain_shards, **{"data.valid": None}))
+    no_valid = {"data.valid": None}
+    cfg = load_train_config("tiny-pretrain", tiny_overrides(vocab, out, pretrain_shards, **no_valid))
     assert cfg.optim.grad_clip == 5.0 and cfg.train_batch_size == 4  # every batch holds the silent clip
     train(cfg)
     records = [r for r in log_records(out) if "loss" in r]
@@ -174,23 +175,42 @@ def test_tiny_pretraining_clipped_at_5_with_a_silent_clip_lowers_the_losses(tmp_
     events = EventAccumulator(str(out))
     events.Reload()
     norms = events.Scalars("train/grad_norm")
-    assert [e.step for e in norms] == steps and norms[-1].value == pytest.approx(record["grad_norm"], rel=1e-5)
+    assert [e.step for e in norms] == steps
+    assert norms[-1].value == pytest.approx(record["grad_norm"], rel=1e-5)
     assert "lr/vision_no_decay" in events.Tags()["scalars"]
 
 
 def test_a_non_finite_gradient_norm_skips_the_update_and_is_counted(tmp_path, vocab, ds_shards):
+    from vast.model import save_checkpoint
     from vast.train.trainer import build_model
 
+    cfg = load_train_config("tiny-retrieval", tiny_overrides(vocab, tmp_path, ds_shards))
+    torch.manual_seed(0)
+    broken = build_model(cfg.model, torch.device("cpu"))
+    with torch.no_grad():  # one infinite output bias: the caption loss and its gradients are not finite
+        broken.multimodal_encoder.cls.predictions.bias[7] = float("inf")
+    save_checkpoint(broken, tmp_path / "broken.pt")
     out = tmp_path / "run"
     cfg = load_train_config("tiny-retrieval", tiny_overrides(
-        vocab, out, ds_shards, train_steps=3, **{"data.valid": None, "model.overrides": {"contra_temp": 0.0}}))
-    train(cfg)  # similarity / 0: the loss and every gradient are NaN
+        vocab, out, ds_shards, train_steps=3, train_task="cap%tva",
+        **{"data.valid": None, "model.init": str(tmp_path / "broken.pt")}))
+    train(cfg)
     skipped = [r for r in log_records(out) if "skipped_update" in r]
     assert [r["nonfinite_steps"] for r in skipped] == [1, 2, 3]
-    torch.manual_seed(cfg.seed)
-    fresh = build_model(cfg.model, torch.device("cpu")).state_dict()
+    want = broken.state_dict()
     saved = torch.load(out / "ckpt" / "step_00000003.pt", weights_only=True)["model"]
-    assert all(torch.equal(saved[k], fresh[k]) for k in fresh)  # never stepped with NaN gradients
+    assert all(torch.equal(saved[k], want[k]) for k in want)  # never stepped with those gradients
+
+
+def test_weights_and_biases_gets_every_step_when_configured(tmp_path, vocab, ds_shards, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    train(load_train_config("tiny-retrieval", tiny_overrides(
+        vocab, out, ds_shards, train_steps=2, **{"data.valid": None, "wandb": {"mode": "offline"}})))
+    (run,) = (out / "wandb").glob("offline-run-*/run-*.wandb")  # W&B's own offline record of the run
+    data = run.read_bytes()
+    for series in (b"train/grad_norm", b"train/loss", b"lr/main_no_decay"):
+        assert series in data
 
 
 def test_two_runs_never_share_an_output_directory(tmp_path, vocab, ds_shards):
