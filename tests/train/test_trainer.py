@@ -180,7 +180,8 @@ def test_tiny_pretraining_clipped_at_5_with_a_silent_clip_lowers_the_losses(tmp_
     assert "lr/vision_no_decay" in events.Tags()["scalars"]
 
 
-def test_a_non_finite_gradient_norm_skips_the_update_and_is_counted(tmp_path, vocab, ds_shards):
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])  # fp16: the gradient scaler's path
+def test_a_non_finite_gradient_norm_skips_the_update_and_is_counted(tmp_path, vocab, ds_shards, precision):
     from vast.model import save_checkpoint
     from vast.train.trainer import build_model
 
@@ -192,14 +193,16 @@ def test_a_non_finite_gradient_norm_skips_the_update_and_is_counted(tmp_path, vo
     save_checkpoint(broken, tmp_path / "broken.pt")
     out = tmp_path / "run"
     cfg = load_train_config("tiny-retrieval", tiny_overrides(
-        vocab, out, ds_shards, train_steps=3, train_task="cap%tva",
+        vocab, out, ds_shards, train_steps=3, train_task="cap%tva", precision=precision,
         **{"data.valid": None, "model.init": str(tmp_path / "broken.pt")}))
     train(cfg)
     skipped = [r for r in log_records(out) if "skipped_update" in r]
     assert [r["nonfinite_steps"] for r in skipped] == [1, 2, 3]
     want = broken.state_dict()
-    saved = torch.load(out / "ckpt" / "step_00000003.pt", weights_only=True)["model"]
-    assert all(torch.equal(saved[k], want[k]) for k in want)  # never stepped with those gradients
+    blob = torch.load(out / "ckpt" / "step_00000003.pt", weights_only=True)
+    assert all(torch.equal(blob["model"][k], want[k]) for k in want)  # never stepped with those gradients
+    if precision == "fp16":  # each skipped step still backs the loss scale off, as GradScaler does
+        assert blob["extra"]["scaler"]["scale"] == 2.0**16 * 0.5**3
 
 
 def test_weights_and_biases_gets_every_step_when_configured(tmp_path, vocab, ds_shards, monkeypatch):
