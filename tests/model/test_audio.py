@@ -10,7 +10,7 @@ from vast.model import load_beats
 from vast.model.audio import AudioConfig, relative_position_bucket
 from vast.model.checkpoint import CheckpointMismatch, load_state
 
-REF = Path("/work/shared/reference/checkpoints")
+REF = Path(__file__).resolve().parents[1] / "data" / "checkpoints"  # upstream layouts (names, shapes)
 SMALL = AudioConfig(
     embed_dim=16,
     encoder_layers=2,
@@ -102,7 +102,6 @@ def test_pos_conv_is_weight_normed_along_dim_2():
         assert torch.allclose(conv(x), ref(x), atol=1e-5)
 
 
-@pytest.mark.skipif(not REF.exists(), reason="reference layouts live beside the repository")
 def test_official_beats_layout_and_cfg_load_into_the_real_config():
     info = json.loads((REF / "beats_cfg.json").read_text())
     cfg = AudioConfig.from_checkpoint_cfg(info["cfg_in_checkpoint_reconstructed"])
@@ -140,10 +139,43 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     beats = SMALL.build().train()
     x = torch.randn(2, 64, 64)
+    torch.manual_seed(1)  # the same layerdrop draws in both passes
     beats(x).square().mean().backward()
     ref = [p.grad.clone() for p in beats.parameters()]
     beats.zero_grad()
     beats.encoder.grad_checkpointing = True
+    torch.manual_seed(1)
     beats(x).square().mean().backward()
     for r, p in zip(ref, beats.parameters(), strict=True):
         assert torch.allclose(r, p.grad, atol=1e-6)
+
+
+def test_layerdrop_skips_whole_layers_in_training_only():
+    torch.manual_seed(0)
+    beats = AudioConfig(**{**SMALL.__dict__, "encoder_layerdrop": 1.0}).build()
+    x = torch.randn(2, 64, 64)
+    beats.train()
+    before = beats(x)
+    with torch.no_grad():
+        for layer in beats.encoder.layers:
+            layer.fc2.weight.mul_(3.0)
+    assert torch.equal(beats(x), before)  # every layer dropped: their weights do not matter
+    beats.eval()
+    assert not torch.allclose(beats(x), before)
+
+
+def test_layer_wise_gradient_decay_scales_the_gradient_below_each_layer():
+    """BEATs' GradMultiply before each of the L layers: the input side gets ratio**L of the gradient."""
+    grads = {}
+    for ratio in (1.0, 0.6):
+        torch.manual_seed(0)
+        beats = AudioConfig(**{**SMALL.__dict__, "layer_wise_gradient_decay_ratio": ratio,
+                               "encoder_layerdrop": 0.0}).build()
+        beats(torch.randn(2, 64, 64)).square().mean().backward()
+        grads[ratio] = {n: p.grad.clone() for n, p in beats.named_parameters()}
+    top = "encoder.layers.1.fc2.weight"  # the last layer's own parameters are above every scaling
+    assert torch.allclose(grads[0.6][top], grads[1.0][top], atol=1e-7)
+    low = "encoder.layers.0.fc2.weight"  # below the last layer's scaling only
+    assert torch.allclose(grads[0.6][low], 0.6 * grads[1.0][low], rtol=1e-4, atol=1e-9)
+    stem = "patch_embedding.weight"  # below both
+    assert torch.allclose(grads[0.6][stem], 0.36 * grads[1.0][stem], rtol=1e-4, atol=1e-9)

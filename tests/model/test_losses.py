@@ -27,8 +27,26 @@ def test_contrastive_loss_matches_hand_computation():
         -(target * sim.log_softmax(1)).sum(1).mean() - (target * sim.t().log_softmax(1)).sum(1).mean()
     ) / 2
     assert torch.allclose(losses.contrastive_loss(t, c, temp, 0.1), by_hand, atol=1e-6)
+    assert torch.allclose(losses.contrastive_loss(t, c, temp, 0.1, with_grad=True), by_hand, atol=1e-6)
     # aligned features give a lower loss than shuffled ones
     assert losses.contrastive_loss(t, c, temp) < losses.contrastive_loss(t, c.roll(1, 0), temp)
+
+
+def test_upstream_gather_gives_each_feature_gradient_as_a_query_only():
+    """Upstream forward_ret: sim_t2c = t @ gather(c).T and sim_c2t = c @ gather(t).T, gathers detached."""
+    t, c = _features()
+    temp = torch.tensor(0.07)
+    t1, c1 = t.clone().requires_grad_(), c.clone().requires_grad_()
+    losses.contrastive_loss(t1, c1, temp).backward()
+    t2, c2 = t.clone().requires_grad_(), c.clone().requires_grad_()
+    target = torch.arange(8)
+    by_rule = (F.cross_entropy(t2 @ c2.detach().t() / temp, target, label_smoothing=0.1)
+               + F.cross_entropy(c2 @ t2.detach().t() / temp, target, label_smoothing=0.1)) / 2
+    by_rule.backward()
+    assert torch.allclose(t1.grad, t2.grad, atol=1e-7) and torch.allclose(c1.grad, c2.grad, atol=1e-7)
+    t3, c3 = t.clone().requires_grad_(), c.clone().requires_grad_()
+    losses.contrastive_loss(t3, c3, temp, with_grad=True).backward()
+    assert not torch.allclose(t1.grad, t3.grad, atol=1e-4)  # the key side is what the option adds
 
 
 def test_hard_negatives_never_pick_the_positive():
@@ -80,7 +98,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, t: torch.Tensor, c: torch.Tensor, out: dict) -> None:
+def _worker(rank: int, world: int, port: int, t: torch.Tensor, c: torch.Tensor, with_grad: bool, out: dict
+            ) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -88,7 +107,7 @@ def _worker(rank: int, world: int, port: int, t: torch.Tensor, c: torch.Tensor, 
         n = t.shape[0] // world
         t_local = t[rank * n : (rank + 1) * n].clone().requires_grad_()
         c_local = c[rank * n : (rank + 1) * n].clone().requires_grad_()
-        loss = losses.contrastive_loss(t_local, c_local, torch.tensor(0.05))
+        loss = losses.contrastive_loss(t_local, c_local, torch.tensor(0.05), with_grad=with_grad)
         loss.backward()
         # DDP divides by the world size when it averages parameter gradients
         out[rank] = (loss.detach(), t_local.grad / world, c_local.grad / world)
@@ -96,18 +115,22 @@ def _worker(rank: int, world: int, port: int, t: torch.Tensor, c: torch.Tensor, 
         dist.destroy_process_group()
 
 
-def test_all_gather_loss_in_two_process_gloo_group_matches_single_process():
+@pytest.mark.parametrize("with_grad", [False, True])
+def test_all_gather_loss_in_two_process_gloo_group_matches_single_process(with_grad):
     t, c = _features(n=8)
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_worker, args=(2, _free_port(), t, c, out), nprocs=2, join=True)
+        mp.spawn(_worker, args=(2, _free_port(), t, c, with_grad, out), nprocs=2, join=True)
         results = dict(out)
     t_ref, c_ref = t.clone().requires_grad_(), c.clone().requires_grad_()
-    ref = losses.contrastive_loss(t_ref, c_ref, torch.tensor(0.05))
+    ref = losses.contrastive_loss(t_ref, c_ref, torch.tensor(0.05), with_grad=with_grad)
     ref.backward()
+    if with_grad:  # every rank computes the whole global loss
+        assert all(torch.allclose(results[r][0], ref.detach(), atol=1e-6) for r in (0, 1))
+    else:  # each rank its own rows: their mean is the global loss
+        assert torch.allclose((results[0][0] + results[1][0]) / 2, ref.detach(), atol=1e-6)
     for rank in (0, 1):
         loss, gt, gc = results[rank]
-        assert torch.allclose(loss, ref.detach(), atol=1e-6)
         # after DDP's mean, each rank's gradient is the single-process gradient of its slice
         assert torch.allclose(gt, t_ref.grad[rank * 4 : (rank + 1) * 4], atol=1e-6)
         assert torch.allclose(gc, c_ref.grad[rank * 4 : (rank + 1) * 4], atol=1e-6)

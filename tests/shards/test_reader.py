@@ -18,6 +18,8 @@ from vast.shards.reader import (
     ShardStream,
     make_loader,
     mix,
+    samples_of,
+    texts,
 )
 
 torch.set_num_threads(1)
@@ -30,6 +32,10 @@ def read(urls, spec=SPEC, batch_size=1, **cfg) -> list[dict]:
     stream = ShardStream(ReaderConfig(corpora=[CorpusConfig(urls=urls)], **cfg), spec, batch_size,
                          drop_last=False, **where)
     return list(make_loader(stream))
+
+
+def batches_of(records: list[dict]) -> list[dict]:
+    return [r for r in records if samples_of(r)]
 
 
 def test_batches_hold_decoded_media_and_texts_the_model_reads():
@@ -70,33 +76,60 @@ def test_vast27m_fields_become_the_grouped_captions():
     assert b["audio_caption"][i] == "sound of a red screen hums low"
 
 
-def test_corrupt_and_missing_shards_are_skipped_and_counted(tmp_path, caplog):
+def test_corrupt_and_missing_shards_count_samples_lost_per_shard_path(tmp_path, caplog):
     good = shard_urls(downstream_shards())
     bad_media = tmp_path / "bad-media.tar"
     rewrite_tar(Path(good[0]), bad_media, lambda m: {**m, "mp4": b"\x00" * 64})
     no_mp4 = tmp_path / "no-mp4.tar"
     rewrite_tar(Path(good[1]), no_mp4, lambda m: {k: v for k, v in m.items() if k != "mp4"})
-    truncated = tmp_path / "truncated.tar"
+    truncated = tmp_path / "truncated.tar"  # keeps its manifest: 2 samples expected
     shutil.copy(good[1], truncated)
+    shutil.copy(Path(good[1]).with_suffix(".parquet"), truncated.with_suffix(".parquet"))
     with open(truncated, "r+b") as f:
         f.truncate(truncated.stat().st_size // 2)
     urls = [str(bad_media), good[1], str(no_mp4), str(tmp_path / "missing.tar"), str(truncated)]
     with caplog.at_level(logging.WARNING, logger="vast.shards.reader"):
-        batches = read(urls, warn_every_s=3600)
-    keys = [k for b in batches for k in b["key"]]
-    assert sorted(keys[:2]) == ["fractal_0_2000", "grid_0_2000"]  # the intact shard
-    skipped = sum(b["__skipped__"] for b in batches)
-    assert skipped >= 5  # 2 undecodable mp4, 2 without mp4, the missing shard (+ truncation)
-    warnings = [r for r in caplog.records if "skipped" in r.getMessage()]
-    assert len(warnings) == 1  # rate-limited
+        records = read(urls, warn_every_s=3600)
+    keys = [k for b in batches_of(records) for k in b["key"]]
+    assert sorted(keys) == ["fractal_0_2000", "grid_0_2000"]  # only the intact shard
+    # 2 undecodable mp4 + 2 without mp4 + the truncated shard's 2 (known from its manifest)
+    assert sum(r["__skipped__"] for r in records) == 6
+    lost = {}
+    for r in records:
+        lost.update(r["__bad_shards__"])
+    assert lost == {str(bad_media): 2, str(no_mp4): 2, str(tmp_path / "missing.tar"): None, str(truncated): 2}
+    warnings = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(warnings) == 1 and str(bad_media) in warnings[0]  # rate-limited, names the shard path
+    assert not records[-1]["key"] if "key" in records[-1] else not samples_of(records[-1])
 
 
 def test_epoch_exact_split_by_node_covers_every_sample_once():
     urls = shard_urls(downstream_shards())
     seen = []
     for rank in (0, 1):
-        seen += [k for b in read(urls, stream={"rank": rank, "world": 2}) for k in b["key"]]
+        seen += [k for b in batches_of(read(urls, stream={"rank": rank, "world": 2})) for k in b["key"]]
     assert len(seen) == 4 and len(set(seen)) == 4
+
+
+def test_fewer_shards_than_ranks_split_by_samples_so_every_rank_has_data():
+    urls = shard_urls(downstream_shards())  # 2 shards of 2 samples, with manifests
+    assert len(urls) == 2
+    per_rank = [[k for b in batches_of(read(urls, stream={"rank": r, "world": 4})) for k in b["key"]]
+                for r in range(4)]
+    assert [len(k) for k in per_rank] == [1, 1, 1, 1] and len({k[0] for k in per_rank}) == 4
+    # 2 ranks x 2 workers with batch 2: a worker would get 1 sample and no batch, so one worker is used
+    cfg = ReaderConfig(corpora=[CorpusConfig(urls=urls)], resampled=False, num_workers=2)
+    for rank in (0, 1):
+        stream = ShardStream(cfg, SPEC, 2, rank=rank, world=2)
+        assert stream.workers == 1
+        assert [len(b["key"]) for b in make_loader(stream) if samples_of(b)] == [2]
+
+
+def test_train_mode_draws_one_of_several_answers_per_visit():
+    info = {"key": "k", "question": "what is it", "answer": ["red", "crimson"], "desc": "a red screen"}
+    drawn = {texts(info, None, True, random.Random(seed))["answer"] for seed in range(20)}
+    assert drawn == {"red", "crimson"}
+    assert texts(info, None, False, random.Random(0))["answer"] == "red"
 
 
 def test_fsspec_urls_and_brace_patterns(tmp_path):

@@ -7,7 +7,16 @@ import math
 import pytest
 import torch
 
-from vast.train.metrics import bleu, caption_metrics, cider_d, exact_match, retrieval_metrics, rouge_l
+from vast.train.metrics import (
+    bleu,
+    caption_metrics,
+    cider_d,
+    exact_match,
+    recall_metrics,
+    rouge_l,
+    t2v_ranks,
+    v2t_ranks,
+)
 
 
 def test_bleu_matches_hand_computed_precisions():
@@ -55,15 +64,34 @@ def test_meteor_is_left_out_without_java(monkeypatch):
     assert "meteor" not in caption_metrics(["a b"], [["a b"]])
 
 
-def test_retrieval_ranks_both_directions():
-    # 3 texts, 2 items; texts 0, 1 describe item 0, text 2 item 1
-    scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]])
-    m = retrieval_metrics(scores, [0, 0, 1])
-    assert m["t2v_r1"] == pytest.approx(200 / 3)  # text 1 ranks its item second
-    assert m["t2v_medr"] == 1.0
-    # item 0: best text ranks first (text 0); item 1: text ordering 1 (0.8), 2 (0.7) -> its text second
-    assert m["v2t_r1"] == pytest.approx(50.0) and m["v2t_r5"] == 100.0
+def test_multi_caption_retrieval_follows_the_upstream_protocol():
+    """3 videos with 2, 1 and 3 captions (as MSVD/VATEX test sets): 6 texts, ranks worked out by hand.
+
+    t2v counts every caption (upstream compute_metric_ret 'forward'); v2t takes each video's best
+    caption ('backward').
+    """
+    owner = [0, 0, 1, 2, 2, 2]
+    scores = torch.tensor([
+        [0.9, 0.1, 0.0],  # text 0 (video 0): rank 0
+        [0.2, 0.8, 0.5],  # text 1 (video 0): video 1, 2 first -> rank 2
+        [0.3, 0.4, 0.1],  # text 2 (video 1): rank 0
+        [0.1, 0.2, 0.7],  # text 3 (video 2): rank 0
+        [0.6, 0.5, 0.4],  # text 4 (video 2): rank 2
+        [0.5, 0.6, 0.3],  # text 5 (video 2): rank 2
+    ])
+    assert t2v_ranks(scores, owner).tolist() == [0, 2, 0, 0, 2, 2]
+    m = recall_metrics(t2v_ranks(scores, owner))
+    assert m["r1"] == pytest.approx(50.0) and m["r5"] == m["r10"] == 100.0
+    assert m["ravg"] == pytest.approx(250 / 3) and m["medr"] == 1.0  # ranks+1 [1,3,1,1,3,3]: lower median 1
+    # video 0 column: texts by score 0(0.9) 4(0.6) 5(0.5) ... -> its best text is first: rank 0
+    # video 1 column: 1(0.8) 5(0.6) 4(0.5) 2(0.4) -> its only text (2) at rank 3
+    # video 2 column: 3(0.7) ... -> rank 0
+    assert v2t_ranks(scores, owner).tolist() == [0, 3, 0]
+    v = recall_metrics(v2t_ranks(scores, owner))
+    assert v["r1"] == pytest.approx(200 / 3) and v["r5"] == 100.0
 
 
-def test_exact_match_normalises_case_and_punctuation():
-    assert exact_match(["Red.", "two", "a dog"], ["red", "three", "a dog"]) == pytest.approx(200 / 3)
+def test_exact_match_is_the_raw_string_unless_normalised():
+    assert exact_match(["red", "two", "a dog"], ["red", "three", "a dog"]) == pytest.approx(200 / 3)
+    assert exact_match(["Red.", "t - shirt"], ["red", "t-shirt"]) == 0.0  # upstream compares strings
+    assert exact_match(["Red.", "t - shirt"], ["red", "t-shirt"], normalize=True) == 100.0

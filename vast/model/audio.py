@@ -3,6 +3,11 @@
 Parameter names follow ``checkpoint["model"]`` of ``BEATs_iter3_plus_AS2M.pt``. The attention is
 the BEATs one (gated relative position bias, deep-norm residuals) computed with SDPA: the
 upstream max-subtraction trick is a softmax shift and leaves the result unchanged.
+
+Training follows the checkpoint's ``cfg`` as upstream VAST runs it
+(``model/audio_encoders/beats/beats.py::TransformerEncoder.extract_features``): before each
+layer the gradient flowing back is scaled by ``layer_wise_gradient_decay_ratio`` (0.6), and in
+training each layer is skipped for the whole batch with probability ``encoder_layerdrop`` (0.05).
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ class AudioConfig:
     num_buckets: int = 320
     max_distance: int = 800
     deep_norm: bool = True
+    encoder_layerdrop: float = 0.05
+    """Probability of skipping a layer for a whole training batch (the BEATs iter3+ cfg value)."""
+    layer_wise_gradient_decay_ratio: float = 0.6
+    """Gradient scale applied in front of each layer on the way back (1.0 disables it)."""
     mel_bins: int = 64
     grad_checkpointing: bool = False
 
@@ -48,7 +57,7 @@ class AudioConfig:
         unsupported = {k: cfg[k] for k, v in required.items() if k in cfg and cfg[k] != v}
         if unsupported:
             raise ValueError(f"BEATs variant not supported: {unsupported}")
-        return cls(**{k: v for k, v in cfg.items() if k in names}, **overrides)
+        return cls(**{**{k: v for k, v in cfg.items() if k in names}, **overrides})
 
     def build(self) -> BEATs:
         return BEATs(self)
@@ -150,6 +159,19 @@ class EncoderLayer(nn.Module):
         return self.final_layer_norm(x * self.alpha + self.fc2(F.gelu(self.fc1(x))))
 
 
+class GradScale(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``scale`` (BEATs' ``GradMultiply``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad * ctx.scale, None
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: AudioConfig):
         super().__init__()
@@ -176,7 +198,12 @@ class Encoder(nn.Module):
         x_conv = F.gelu(self.pos_conv(x.transpose(1, 2))[..., :T])  # even kernel: drop the extra step
         x = self.layer_norm(x + x_conv.transpose(1, 2))
         bias = self.position_bias(x.shape[1], x.device)
+        decay, drop = self.cfg.layer_wise_gradient_decay_ratio, self.cfg.encoder_layerdrop
         for layer in self.layers:
+            if decay != 1.0 and torch.is_grad_enabled():
+                x = GradScale.apply(x, decay)
+            if self.training and drop > 0 and torch.rand(()).item() < drop:
+                continue  # layerdrop: the whole batch skips this layer
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, bias, use_reentrant=False)
             else:

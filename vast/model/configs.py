@@ -1,6 +1,13 @@
 """Named model configs behind one factory: ``create_model(name, **overrides)``.
 
 ``tiny``: a few million parameters, every part of the real architecture, for tests and CPU demos.
+It trains from random weights, so two choices differ from the real towers: stochastic depth and
+layerdrop are off (tiny runs stay deterministic), and its BEATs patch embedding has a bias. Without
+one, an untrained BEATs (every bias zero) maps an all-zero fbank patch (the zero padding past a
+clip's end, a clip without audio) to exactly zero activations, every LayerNorm then runs at zero
+variance where its slope is 1/sqrt(eps), and the gradient norm reaches 1e15 or inf: clipping at 5
+then scales every gradient to nothing. Pretrained BEATs weights have non-zero biases, so the real
+configs (``conv_bias`` False, as the checkpoint) never sit at that point.
 ``vast``: EVA01-CLIP-g/14 + BEATs iter3+ + BERT-base (the pretrained model; 1 frame / 2 clips of
 frame embedding, as the pretrain checkpoint stores them). ``vision-captioner``: EVA-g + BERT,
 8 frames. ``audio-captioner``: BEATs + BERT, 3 audio clips.
@@ -23,8 +30,11 @@ from .vision import VisionConfig
 
 def tiny() -> VASTConfig:
     return VASTConfig(
-        vision=VisionConfig(image_size=32, patch_size=8, width=128, depth=2, heads=4, mlp_dim=512),
+        vision=VisionConfig(image_size=32, patch_size=8, width=128, depth=2, heads=4, mlp_dim=512,
+                            drop_path_rate=0.0),
         audio=AudioConfig(
+            conv_bias=True,
+            encoder_layerdrop=0.0,
             embed_dim=64,
             encoder_layers=2,
             encoder_embed_dim=128,

@@ -1,4 +1,8 @@
-"""The VAST objectives: OM-VCC (contrastive), OM-VCM (matching), OM-VCG (captioning) and QA."""
+"""The VAST objectives: OM-VCC (contrastive), OM-VCM (matching), OM-VCG (captioning) and QA.
+
+Rules follow upstream ``model/vast.py`` (``forward_ret``, ``forward_cap``, ``forward_qa``) and
+``model/general_module.py::TokenMasker``; see each function.
+"""
 
 from __future__ import annotations
 
@@ -40,15 +44,43 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return _AllGather.apply(x)
 
 
+def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """(B, ...) on each rank -> (world * B, ...) in rank order, detached (upstream ``concat_all_gather``)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x.detach()
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.detach().contiguous())
+    return torch.cat(out, dim=0)
+
+
 def contrastive_loss(
-    text: torch.Tensor, cond: torch.Tensor, temperature: torch.Tensor, label_smoothing: float = 0.1
+    text: torch.Tensor,
+    cond: torch.Tensor,
+    temperature: torch.Tensor,
+    label_smoothing: float = 0.1,
+    with_grad: bool = False,
 ) -> torch.Tensor:
-    """OM-VCC: symmetric InfoNCE over the global batch of L2-normalised features (B, D), (B, D)."""
-    text, cond = all_gather_with_grad(text), all_gather_with_grad(cond)  # (N, D)
-    sim = text @ cond.t() / temperature  # (N, N)
-    target = torch.arange(sim.shape[0], device=sim.device)
-    t2c = F.cross_entropy(sim, target, label_smoothing=label_smoothing)
-    c2t = F.cross_entropy(sim.t(), target, label_smoothing=label_smoothing)
+    """OM-VCC: symmetric InfoNCE of L2-normalised features (B, D), (B, D) over the global batch.
+
+    Default (upstream ``model/vast.py::forward_ret``): this rank's texts against every condition and
+    this rank's conditions against every text, the gathered side detached (single process too), so
+    a feature gets gradient only as a query; the loss is the mean over this rank's rows, and DDP's
+    gradient average makes it the global-batch gradient. ``with_grad``: every rank builds the whole
+    (N, N) matrix with gradient through the gather (open_clip's ``gather_with_grad``).
+    """
+    if with_grad:
+        text, cond = all_gather_with_grad(text), all_gather_with_grad(cond)  # (N, D)
+        sim = text @ cond.t() / temperature  # (N, N)
+        target = torch.arange(sim.shape[0], device=sim.device)
+        t2c = F.cross_entropy(sim, target, label_smoothing=label_smoothing)
+        c2t = F.cross_entropy(sim.t(), target, label_smoothing=label_smoothing)
+        return (t2c + c2t) / 2
+    B = text.shape[0]
+    target = torch.arange(B, device=text.device) + rank() * B
+    sim_t2c = text @ all_gather_no_grad(cond).t() / temperature  # (B, N)
+    sim_c2t = cond @ all_gather_no_grad(text).t() / temperature  # (B, N)
+    t2c = F.cross_entropy(sim_t2c, target, label_smoothing=label_smoothing)
+    c2t = F.cross_entropy(sim_c2t, target, label_smoothing=label_smoothing)
     return (t2c + c2t) / 2
 
 

@@ -5,6 +5,22 @@ embeddings -> contrastive features and cross-attention memory), then the trainin
 per task and the inference entry points (retrieval scores, captions, answers).
 Parameter names match the official VAST checkpoints (``contra_head_t.linear``, ``itm_head``,
 ``hidden_trans_vision_multimodal`` ...) so they load without renaming.
+
+Upstream rules this file follows (TXH-mercury/VAST 410ca47, ``model/vast.py`` and
+``model/general_module.py``), each with the option that keeps our variant:
+
+- Subtitle memory: subtitles are tokenized padded to ``max_subtitle_len`` (70) and all 70 slots,
+  padding included, are cross-attention keys without a mask (``batch_get('subtitle_tokens')``
+  pads to max_length, ``get_multimodal_forward_input_subtitle`` passes every slot). The released
+  ``tvs``/``tvas`` weights were trained so. ``subtitle_memory="masked"``: pad to the longest
+  subtitle and mask the padding.
+- OM-VCC gather (``forward_ret``): local features against features all-gathered WITHOUT
+  gradient (``concat_all_gather``, also in a single process), so each feature gets gradient only
+  as a query; the loss averages this rank's rows. ``contrastive_gather="with_grad"``: the full
+  global similarity matrix with gradient through the gather (open_clip ``gather_with_grad``).
+- Temperature: ``contra_temp`` is used raw (no clamp) and weight-decayed like any parameter whose
+  name lacks "bias"/"LayerNorm" (``utils/build_optimizer.py``). ``clamp_temperature=True`` clamps
+  to [0.001, 0.5].
 """
 
 from __future__ import annotations
@@ -49,6 +65,20 @@ class VASTConfig:
     max_subtitle_len: int = 70
     max_question_len: int = 40
     max_answer_len: int = 10
+    subtitle_memory: str = "padded"
+    """``padded`` (upstream): subtitles padded to ``max_subtitle_len``, every slot a cross-attention key,
+    unmasked; ``masked``: padded to the longest subtitle, padding masked out of the memory."""
+    contrastive_gather: str = "no_grad"
+    """``no_grad`` (upstream): keys gathered without gradient, each feature learns as a query only;
+    ``with_grad``: the global similarity matrix with gradient through the gather."""
+    clamp_temperature: bool = False
+    """Clamp the contrastive temperature to [0.001, 0.5] (ours); upstream uses it raw."""
+
+    def __post_init__(self) -> None:
+        if self.subtitle_memory not in ("padded", "masked"):
+            raise ValueError(f"subtitle_memory {self.subtitle_memory!r}: padded or masked")
+        if self.contrastive_gather not in ("no_grad", "with_grad"):
+            raise ValueError(f"contrastive_gather {self.contrastive_gather!r}: no_grad or with_grad")
 
     def build(self) -> VAST:
         return VAST(self)
@@ -232,8 +262,11 @@ class VAST(nn.Module):
                 )
             enc.audio = self.encode_audio(audio.to(self.contra_temp.device))
         if "s" in modalities:
-            ids, enc.subtitle_valid = self.tokens(batch["subtitle"], self.cfg.max_subtitle_len)
-            enc.subtitle = self.encode_text(ids, enc.subtitle_valid)
+            L = self.cfg.max_subtitle_len
+            ids, valid = self.tokens(batch["subtitle"], L)
+            if self.cfg.subtitle_memory == "padded":  # upstream: always max_subtitle_len slots
+                ids, valid = _pad_to(ids, L, self.cfg.text.pad_token_id), _pad_to(valid, L, False)
+            enc.subtitle, enc.subtitle_valid = self.encode_text(ids, valid), valid
         return enc
 
     # ----------------------------------------------------------- fusion inputs
@@ -259,7 +292,8 @@ class VAST(nn.Module):
         """Cross-attention keys (B, M, C) and validity (B, M): the condition's tokens, concatenated.
 
         Each modality is projected to the text width, gets its frame (or clip) embedding broadcast
-        over its tokens and its type embedding.
+        over its tokens and its type embedding. Subtitle padding is a valid key in ``padded`` mode
+        (upstream) and masked in ``masked`` mode.
         """
         parts, valid = [], []
         if "v" in cond:
@@ -274,12 +308,13 @@ class VAST(nn.Module):
             valid.append(torch.ones(p.shape[:2], dtype=torch.bool, device=p.device))
         if "s" in cond:
             parts.append(self.hidden_trans_subtitle_multimodal(enc.subtitle) + self.subtitle_type_embeddings)
-            valid.append(enc.subtitle_valid)
+            masked = self.cfg.subtitle_memory == "masked"
+            valid.append(enc.subtitle_valid if masked else torch.ones_like(enc.subtitle_valid))
         return torch.cat(parts, dim=1), torch.cat(valid, dim=1)
 
     def temperature(self) -> torch.Tensor:
-        """The learnable contrastive temperature, clamped to [0.001, 0.5] (no gradient beyond)."""
-        return self.contra_temp.clamp(0.001, 0.5)
+        """The learnable contrastive temperature: raw (upstream), or clamped to [0.001, 0.5] if configured."""
+        return self.contra_temp.clamp(0.001, 0.5) if self.cfg.clamp_temperature else self.contra_temp
 
     # -------------------------------------------------------------- objectives
 
@@ -336,10 +371,11 @@ class VAST(nn.Module):
         feat_t = self.text_feature(self.encode_text(ids, valid))  # (B, D)
         feat_c = self.condition_feature(enc, cond)  # (B, D)
         temp = self.temperature()
-        vcc = losses.contrastive_loss(feat_t, feat_c, temp, self.cfg.label_smoothing)
+        with_grad = self.cfg.contrastive_gather == "with_grad"
+        vcc = losses.contrastive_loss(feat_t, feat_c, temp, self.cfg.label_smoothing, with_grad=with_grad)
 
         with torch.no_grad():
-            t_all, c_all = losses.all_gather_with_grad(feat_t), losses.all_gather_with_grad(feat_c)  # (N, D)
+            t_all, c_all = losses.all_gather_no_grad(feat_t), losses.all_gather_no_grad(feat_c)  # (N, D)
         if t_all.shape[0] < 2:
             raise ValueError("the matching loss needs at least 2 samples in the global batch")
         offset = losses.rank() * ids.shape[0]
@@ -428,8 +464,10 @@ class VAST(nn.Module):
     ) -> torch.Tensor:
         """Text-to-item scores (Nt, Nc): contrastive similarity, top ``rerank_k`` per text re-scored.
 
-        Re-scored entries get the matching head's match probability (as upstream) and rank above all
-        others; the rest keep their contrastive order below them.
+        Re-scored entries get the matching head's match probability and rank above all others, as
+        upstream (``evaluation/evaluation_mm.py::refine_score_matrix``). Upstream gives every other
+        entry 0, so the order past rank k is whatever sorting ties yields; here they keep their
+        contrastive order below the re-scored ones. Ranks 1..k (so R@1/5/10 for k >= 10) are the same.
         """
         cond = condition_of(group)
         enc = self.encode(batch, set(cond))

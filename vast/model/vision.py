@@ -4,6 +4,11 @@ Parameter names follow the ``visual.*`` part of ``EVA01_CLIP_g_14_psz14_s11B.pt`
 ``visual.`` prefix: ``cls_token``, ``pos_embed``, ``patch_embed.proj``, ``blocks.N.{norm1, attn.{qkv,
 q_bias, v_bias, proj}, norm2, mlp.{fc1, fc2}}``, ``norm``. The CLIP projection ``visual.head`` is
 not built: VAST uses every token after the final norm, never the pooled CLIP embedding.
+
+Training regularisation follows the EVA01-CLIP-g-14 config upstream VAST builds
+(``model/vision_encoders/evaclip/model_configs/EVA01-CLIP-g-14.json``, ``eva_vit_model.py``):
+stochastic depth with rate ``drop_path_rate`` * i / (depth - 1) in block i, per sample, scaled
+by 1 / keep; off at eval.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ class VisionConfig:
     heads: int = 16
     mlp_dim: int = 6144
     norm_eps: float = 1e-6
+    drop_path_rate: float = 0.4
+    """Stochastic depth of the last block in training (linear from 0 in the first; EVA01-g: 0.4)."""
     grad_checkpointing: bool = False
     """Recompute each block in the backward pass (saves activation memory)."""
 
@@ -79,17 +86,27 @@ class Mlp(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero a residual branch for a random p of the samples, scale the rest by 1/(1-p)."""
+    if p == 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - p)
+    return x * (keep.div_(1 - p) if p < 1 else keep)
+
+
 class Block(nn.Module):
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, cfg: VisionConfig, drop_path_rate: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.attn = Attention(cfg)
         self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.mlp = Mlp(cfg)
+        self.drop_path_rate = drop_path_rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        p = self.drop_path_rate
+        x = x + drop_path(self.attn(self.norm1(x)), p, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), p, self.training)
 
 
 def interpolate_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
@@ -119,7 +136,9 @@ class EVAVisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.grid * cfg.grid + 1, cfg.width))
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        # EVA's rule (torch.linspace(0, rate, depth)), in Python so a meta-device build works too
+        rates = [cfg.drop_path_rate * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList(Block(cfg, rate) for rate in rates)
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.grad_checkpointing = cfg.grad_checkpointing
         self.reset_parameters()

@@ -2,8 +2,11 @@
 
 ``python -m vast.train --config retrieval --train_batch_size 32 --data.train.num_workers 4`` (add
 ``--ray --ray.num_workers 4`` for Ray Train):
-``--config`` names a preset in ``vast/configs/train/`` or a YAML file; every other flag is either
-an upstream VAST override (``UPSTREAM_FLAGS``) or a dotted path into :class:`TrainConfig`.
+``--config`` names a preset in ``vast/configs/train/``, a YAML file, or an upstream VAST JSON config
+(``config/vast/finetune_cfg/retrieval-msrvtt.json``: see ``vast.train.upstream``); every other flag
+is either an upstream VAST flag (``UPSTREAM_FLAGS``, meaning what it means upstream:
+``--train_batch_size`` is the global batch, ``--valid_freq`` the number of validations) or a
+dotted path into :class:`TrainConfig`.
 Under ``torchrun --nproc_per_node N -m vast.train ...`` each process joins the process group.
 """
 
@@ -29,23 +32,57 @@ UPSTREAM_FLAGS = {
     "test_batch_size": "test_batch_size",
     "train_epoch": "train_epoch",
     "train_steps": "train_steps",
+    "num_train_steps": "train_steps",
     "checkpointing": "model.checkpointing",
     "frozen_vision": "model.frozen_vision",
     "valid_freq": "valid_freq",
     "beam_size": "beam_size",
     "mode": "mode",
     "checkpoint": "checkpoint",
+    "pretrain_dir": "model.init",
+    "output_dir": "output",
+    "first_eval": "first_eval",
+    "save_best": "save_best",
+    "zero_shot": "zero_shot",
+    "vision_transforms": "data.vision_transforms",
+    "itm_rerank_num": "rerank_k",
+    "ret_bidirection_evaluation": "ret_bidirection_evaluation",
+    "itm_ratio": "model.overrides.itm_weight",
+    "gradient_accumulation_steps": "grad_accum",
+    "clip_lr": "optim.vision_learning_rate",
+    "weight_decay": "optim.weight_decay",
+    "warmup_ratio": "optim.warmup_ratio",
+    "scheduler": "optim.scheduler",
+    "seed": "seed",
+    "log_steps": "log_freq",
+    "max_generation_len": "max_generation_len",
 }
+# Upstream's two precision switches set our one ``precision``.
+PRECISION_FLAGS = ("fp16", "bf16")
 
 
 def load_train_config(config: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """A preset (``retrieval`` or ``train/retrieval``) or YAML file with overrides applied.
+    """A preset (``retrieval`` or ``train/retrieval``), YAML file or upstream JSON config, with overrides.
 
     Override keys are upstream flag names (``train_batch_size``) or dotted paths (``optim.warmup_ratio``).
     """
-    name = config if config.endswith((".yaml", ".yml")) or config.startswith("train/") else f"train/{config}"
-    data = load_yaml(name)
+    if config.endswith(".json"):
+        from vast.train.upstream import from_upstream_json
+
+        data, notes = from_upstream_json(config)
+        for note in notes:
+            print(f"upstream config: {note}", file=sys.stderr)
+    else:
+        yaml_file = config.endswith((".yaml", ".yml")) or config.startswith("train/")
+        data = load_yaml(config if yaml_file else f"train/{config}")
     for key, value in (overrides or {}).items():
+        if key in PRECISION_FLAGS:
+            on = str(value).lower() in ("true", "1", "yes")
+            if on:
+                data["precision"] = key
+            elif data.get("precision") == key:
+                data["precision"] = "fp32"
+            continue
         apply_override(data, UPSTREAM_FLAGS.get(key, key), value)
     return from_dict(TrainConfig, data)
 
@@ -105,9 +142,10 @@ def usage() -> str:
     """``--help`` text: the upstream flags and every dotted config key with its documentation."""
     from vast.config import describe
 
-    lines = ["python -m vast.train --config PRESET|FILE.yaml [--key value ...] [--ray [--ray.num_workers N]]",
-             "", "upstream flags:"]
+    lines = ["python -m vast.train --config PRESET|FILE.yaml|UPSTREAM.json [--key value ...] "
+             "[--ray [--ray.num_workers N]]", "", "upstream flags:"]
     lines += [f"  --{flag:<26} -> {path}" for flag, path in UPSTREAM_FLAGS.items()]
+    lines += [f"  --{flag:<26} -> precision" for flag in PRECISION_FLAGS]
     lines += ["", "config keys:"]
     lines += [f"  --{name:<34} {tp:<18} {doc.splitlines()[0] if doc else ''}"
               for name, tp, doc in describe(TrainConfig)]

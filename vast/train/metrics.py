@@ -149,29 +149,38 @@ def caption_metrics(candidates: list[str], references: list[list[str]], with_met
     return out
 
 
-def retrieval_metrics(scores: torch.Tensor, text_to_item: list[int]) -> dict[str, float]:
-    """R@1/5/10 (percent) and median rank, text->item and item->text, from scores (Nt, Ni).
+def t2v_ranks(scores: torch.Tensor, text_to_item: list[int]) -> torch.Tensor:
+    """0-based rank of each text's own item among all items, by descending score (Nt,).
 
-    ``text_to_item[i]`` is the item text ``i`` describes; an item's rank is that of its best text.
+    Upstream ``evaluation/evaluation_mm.py::compute_metric_ret`` (direction ``forward``, reported as
+    ``video_*``): one rank per TEXT, every caption of a multi-caption set counted.
     """
-    scores = scores.float()
     gt = torch.as_tensor(text_to_item)
-    order_t2i = scores.argsort(dim=1, descending=True)  # (Nt, Ni)
-    rank_t2i = (order_t2i == gt[:, None]).float().argmax(1)  # 0-based
-    order_i2t = scores.t().argsort(dim=1, descending=True)  # (Ni, Nt)
-    owner = gt[order_i2t]  # item each ranked text belongs to
-    items = torch.arange(scores.shape[1])
-    rank_i2t = (owner == items[:, None]).float().argmax(1)
-    out = {}
-    for name, ranks in (("t2v", rank_t2i), ("v2t", rank_i2t)):
-        for k in (1, 5, 10):
-            out[f"{name}_r{k}"] = 100.0 * float((ranks < k).float().mean())
-        out[f"{name}_medr"] = float((ranks + 1).float().median())
+    order = scores.float().argsort(dim=1, descending=True)  # (Nt, Ni)
+    return (order == gt[:, None]).float().argmax(1)
+
+
+def v2t_ranks(scores: torch.Tensor, text_to_item: list[int]) -> torch.Tensor:
+    """0-based rank of each item's BEST text among all texts (Ni,) (upstream direction ``backward``)."""
+    gt = torch.as_tensor(text_to_item)
+    order = scores.float().t().argsort(dim=1, descending=True)  # (Ni, Nt)
+    owner = gt[order]  # item each ranked text belongs to
+    return (owner == torch.arange(scores.shape[1])[:, None]).float().argmax(1)
+
+
+def recall_metrics(ranks: torch.Tensor) -> dict[str, float]:
+    """R@1/5/10 and their mean ``ravg`` (percent of queries), median rank (1-based; torch's lower median)."""
+    out = {f"r{k}": 100.0 * float((ranks < k).float().mean()) for k in (1, 5, 10)}
+    out["ravg"] = (out["r1"] + out["r5"] + out["r10"]) / 3
+    out["medr"] = float((ranks + 1).float().median())
     return out
 
 
-def exact_match(predictions: list[str], answers: list[str]) -> float:
-    """QA accuracy in percent: normalised prediction equals the answer."""
-    norm = lambda s: " ".join(words(s))  # noqa: E731
+def exact_match(predictions: list[str], answers: list[str], normalize: bool = False) -> float:
+    """QA accuracy in percent. Upstream (``evaluate_qa``): the decoded answer string equals the answer.
+
+    ``normalize`` (ours): compare lower-cased, punctuation-free, whitespace-joined words instead.
+    """
+    norm = (lambda s: " ".join(words(s))) if normalize else (lambda s: s)  # noqa: E731
     hits = [norm(p) == norm(a) for p, a in zip(predictions, answers, strict=True)]
     return 100.0 * sum(hits) / len(hits) if hits else 0.0

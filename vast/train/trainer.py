@@ -3,8 +3,11 @@
 ``train(cfg)`` reads top to bottom: distributed setup -> model (towers frozen, gradient
 checkpointing) -> optimizer and schedule -> resume from the latest checkpoint (weights, optimizer,
 schedule, step, RNG and the reader's data position) -> loop of ``grad_accum`` micro-batches per
-step under autocast -> periodic validation and checkpoints -> final evaluation. Metrics go to the
-console and to ``<output>/log.jsonl`` (one JSON object per line).
+step under autocast -> gradient norm (clipped at ``optim.grad_clip``; a non-finite norm skips the
+update, is counted and logged, never applied) -> periodic validation and checkpoints -> final
+evaluation. Metrics go to the console, ``<output>/log.jsonl`` (one JSON object per line),
+TensorBoard event files beside it and W&B when configured; per-group learning rates are logged
+under their group names. One run per output directory (a lock file).
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import contextlib
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from vast.shards.reader import DataPosition, ReaderConfig, ShardStream, expand_urls, make_loader
+from vast.model.tasks import parse_task
+from vast.shards.reader import (
+    DataPosition,
+    ReaderConfig,
+    ShardStream,
+    expand_urls,
+    make_loader,
+    samples_of,
+    shard_sample_counts,
+)
 from vast.train.config import ModelConfig, TrainConfig, decode_spec
+from vast.train.metric_log import MetricLog
 from vast.train.optim import build_optimizer, build_scheduler
 
 # ------------------------------------------------------------------ distributed
@@ -64,39 +76,85 @@ def barrier() -> None:
 
 
 def build_model(cfg: ModelConfig, device: torch.device) -> Any:
-    """The VAST model with tokenizer attached, initial weights loaded, towers frozen as configured."""
-    from vast.model import create_model
+    """The VAST model with tokenizer attached, initial weights loaded, towers frozen as configured.
+
+    Weights load as upstream builds a run: the public towers (EVA-CLIP, BEATs, BERT) when given,
+    then ``init`` (a VAST checkpoint) over them.
+    """
+    from vast.model import create_model, load_public_towers
 
     if cfg.tokenizer is None:
         raise ValueError("model.tokenizer: a directory with the BERT vocab.txt is required")
-    model = create_model(cfg.name, checkpoint=cfg.init, tokenizer=cfg.tokenizer, **dict(cfg.overrides))
-    if cfg.frozen_vision and model.vision_encoder is not None:
-        model.vision_encoder.requires_grad_(False)
+    model = create_model(cfg.name, tokenizer=cfg.tokenizer, **dict(cfg.overrides))
+    if cfg.init is None and (cfg.eva_clip or cfg.beats or cfg.bert):  # a VAST checkpoint holds every tower
+        load_public_towers(model, cfg.eva_clip, cfg.beats, cfg.bert)
+    if cfg.init is not None:
+        load_weights(model, cfg.init)
+    for frozen, tower in ((cfg.frozen_vision, model.vision_encoder), (cfg.frozen_audio, model.audio_encoder)):
+        if frozen and tower is not None:
+            tower.requires_grad_(False)
     model.set_grad_checkpointing(cfg.checkpointing)
     return model.to(device)
 
 
+def load_weights(model: Any, path: str) -> None:
+    """Load one of our checkpoints or an upstream VAST run directory / ``model_step_N.pt`` into ``model``."""
+    from vast.model.checkpoint import FORMAT, latest_step, load_official_vast, load_state, read_file
+
+    p = Path(path)
+    blob = read_file(latest_step(p) if p.is_dir() else p)
+    if blob.get("format") == FORMAT:
+        load_state(model, blob["model"])
+    else:
+        load_official_vast(model, blob)
+
+
 def count_samples(reader: ReaderConfig) -> int:
     """Samples of a reader's corpora, from the parquet manifest next to each shard."""
-    import fsspec
-    import pyarrow.parquet as pq
-
     total = 0
     for corpus in reader.corpora:
-        for url in expand_urls(corpus.urls):
-            with fsspec.open(url.removesuffix(".tar") + ".parquet", "rb") as f:
-                total += pq.ParquetFile(f).metadata.num_rows
+        urls = expand_urls(corpus.urls)
+        counts = shard_sample_counts(urls)
+        missing = [u for u, n in zip(urls, counts, strict=True) if n is None]
+        if missing:
+            raise ValueError(f"no parquet manifest beside {missing[0]} to count an epoch: set train_steps "
+                             f"or data.epoch_samples")
+        total += sum(n for n in counts if n is not None)
     return total
 
 
+def micro_batch(cfg: TrainConfig, world: int) -> int:
+    """Samples per process and micro-batch: the global ``train_batch_size`` / (world x grad_accum)."""
+    parts = world * cfg.grad_accum
+    if cfg.train_batch_size % parts:
+        raise ValueError(f"train_batch_size {cfg.train_batch_size} is the global batch (as upstream): "
+                         f"it must divide by world size x grad_accum = {world} x {cfg.grad_accum}")
+    return cfg.train_batch_size // parts
+
+
 def total_steps(cfg: TrainConfig, world: int) -> int:
-    """``train_steps``, or ``train_epoch`` epochs of the training set at the global batch size."""
+    """``train_steps``, or upstream's ``int(samples // train_batch_size * train_epoch)`` (global batch)."""
     if cfg.train_steps > 0:
         return cfg.train_steps
     if cfg.train_epoch <= 0:
         raise ValueError("set train_steps or train_epoch")
     samples = cfg.data.epoch_samples or count_samples(cfg.data.train)
-    return max(1, math.ceil(cfg.train_epoch * samples / (cfg.train_batch_size * world * cfg.grad_accum)))
+    return max(1, int(samples // cfg.train_batch_size * cfg.train_epoch))
+
+
+def validation_steps(cfg: TrainConfig, steps: int) -> set[int]:
+    """Steps (1-based) after which to validate: every ``valid_steps``, or upstream's ``valid_freq`` rule.
+
+    Upstream (``utils/build_dataloader.py``, ``utils/pipeline.py``): ``valid_steps = steps //
+    valid_freq - 1`` and a validation after step s when ``(s + 1) % valid_steps == 0``. The end of
+    the run always validates too.
+    """
+    if cfg.valid_steps > 0:
+        return set(range(cfg.valid_steps, steps + 1, cfg.valid_steps)) | {steps}
+    if cfg.valid_freq <= 0:
+        return {steps}
+    every = max(1, steps // cfg.valid_freq - 1)
+    return {s for s in range(1, steps + 1) if (s + 1) % every == 0} | {steps}
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -107,20 +165,25 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=dtype)
 
 
-class MetricLog:
-    """Console lines plus ``log.jsonl`` (main process only)."""
+def lock_output(output: str, device: torch.device) -> Any:
+    """One run per training output directory: rank 0 holds the lock file, every rank learns the outcome."""
+    from vast.shards.store import OutputStore
 
-    def __init__(self, output: str):
-        self.path = Path(output) / "log.jsonl"
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not is_main():
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
-        print(shown, file=sys.stderr, flush=True)
+    held, error = None, ""
+    if is_main():
+        try:
+            held = OutputStore(output).lock()
+        except RuntimeError as e:
+            error = f"another training run holds {output} (its .lock): wait for it or use another --output"
+            error += f" ({e})"
+    if dist.is_initialized():
+        flag = torch.tensor([float(bool(error))], device=device if backend_needs_device() else "cpu")
+        dist.all_reduce(flag)
+        if flag.item() and not error:
+            error = f"another training run holds {output}"
+    if error:
+        raise RuntimeError(error)
+    return held
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -186,15 +249,34 @@ def load_state(path: Path, model: Any, opt: torch.optim.Optimizer, sched: Any, s
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or, with ``mode: testing``, evaluate) as configured; returns the last metrics."""
-    from vast.train.evaluate import evaluate
-
     rank, world, device = init_distributed(cfg.backend)
     torch.manual_seed(cfg.seed)
-    log = MetricLog(cfg.output)
     if is_main():
         Path(cfg.output).mkdir(parents=True, exist_ok=True)
-        from vast.config import to_dict
+    lock = lock_output(cfg.output, device)
+    log = MetricLog(cfg, is_main())
+    try:
+        return _run(cfg, rank, world, device, log)
+    finally:
+        log.close()
+        if lock is not None:
+            lock.close()
 
+
+def _evaluate(model: Any, cfg: TrainConfig, task: str) -> dict[str, Any]:
+    """Evaluation on rank 0 while the others wait."""
+    from vast.train.evaluate import evaluate
+
+    metrics = evaluate(model, cfg, task) if is_main() else {}
+    barrier()
+    return metrics
+
+
+def _run(cfg: TrainConfig, rank: int, world: int, device: torch.device, log: MetricLog) -> dict[str, Any]:
+    from vast.config import to_dict
+    from vast.train.evaluate import headline
+
+    if is_main():
         (Path(cfg.output) / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     model = build_model(cfg.model, device)
     test_task = cfg.test_task or cfg.train_task
@@ -202,28 +284,34 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.mode == "testing":
         if cfg.checkpoint is None:
             raise ValueError("testing mode needs checkpoint: PATH")
-        from vast.model.checkpoint import load_state as load_weights
-
-        load_weights(model, torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)["model"])
-        metrics = evaluate(model, cfg, test_task) if is_main() else {}
-        log.write({"mode": "testing", "checkpoint": cfg.checkpoint, **metrics})
-        barrier()
+        load_weights(model, cfg.checkpoint)
+        metrics = _evaluate(model, cfg, test_task)
+        log.record({"mode": "testing", "checkpoint": cfg.checkpoint, **metrics})
         return metrics
     if cfg.mode != "training":
         raise ValueError(f"mode must be training or testing, got {cfg.mode!r}")
 
     # optimizer, schedule, resume
     steps = total_steps(cfg, world)
+    batch_size = micro_batch(cfg, world)
     opt = build_optimizer(model, cfg.optim)
     sched = build_scheduler(opt, cfg.optim, steps)
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     step, position = 0, DataPosition()
-    log.write({"run": "training", "world": world, "steps": steps, "device": str(device),
-               "task": cfg.train_task})
+    metrics: dict[str, Any] = {}
+    log.record({"run": "training", "world": world, "steps": steps, "device": str(device),
+                "task": cfg.train_task, "batch_per_process": batch_size})
     last = latest_checkpoint(cfg.output)
     if last is not None:
         step, position = load_state(last, model, opt, sched, scaler)
-        log.write({"resumed": str(last), "step": step})
+        log.record({"resumed": str(last), "step": step})
+    elif (cfg.first_eval or cfg.zero_shot) and cfg.data.valid is not None:
+        metrics = _evaluate(model, cfg, test_task)
+        log.record({"valid_step": 0, **metrics})
+        log.scalars(0, {f"valid/{k}": v for k, v in metrics.items()})
+        model.train()
+    if cfg.zero_shot:
+        return metrics
     ddp = model
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
@@ -231,28 +319,45 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # data: one deterministic stream per rank, positioned where the checkpoint left it
     def batches_from(position: DataPosition) -> Any:
         spec = decode_spec(cfg, True, cfg.train_task)
-        return iter(make_loader(ShardStream(cfg.data.train, spec, cfg.train_batch_size, rank=rank,
+        return iter(make_loader(ShardStream(cfg.data.train, spec, batch_size, rank=rank,
                                             world=world, epoch=position.epoch, resume=position.state_dict())))
 
     def next_batch() -> dict[str, Any]:
         nonlocal batches
-        batch = next(batches, None)
-        ended = batch is None
-        if world > 1 and not cfg.data.train.resampled:  # every rank moves to the next epoch together
-            flag = torch.tensor([float(ended)], device=device if backend_needs_device() else "cpu")
-            dist.all_reduce(flag)
-            ended = bool(flag.item() > 0)
-        if ended:  # an epoch-exact stream ended: start the next epoch
+        while True:
+            batch = next(batches, None)
+            if batch is not None and not samples_of(batch):  # losses after a worker's last batch
+                note_losses(position.update(batch))
+                continue
+            ended = batch is None
+            if world > 1 and not cfg.data.train.resampled:  # every rank moves to the next epoch together
+                flag = torch.tensor([float(ended)], device=device if backend_needs_device() else "cpu")
+                dist.all_reduce(flag)
+                ended = bool(flag.item() > 0)
+            if not ended:
+                return batch
+            # an epoch-exact stream ended: start the next epoch
             position.next_epoch()
             batches = batches_from(position)
             batch = next(batches, None)
+            while batch is not None and not samples_of(batch):
+                note_losses(position.update(batch))
+                batch = next(batches, None)
             if batch is None:
-                raise ValueError(f"rank {rank} has no training data: fewer shards than ranks x workers "
-                                 f"or fewer samples than a batch")
-        return batch
+                raise ValueError(f"rank {rank} has no training data: fewer samples than ranks x batch "
+                                 f"({world} x {batch_size}), or every sample is corrupt")
+            return batch
+
+    def note_losses(shards: dict[str, int | None]) -> None:
+        for url, lost in shards.items():
+            log.record({"step": step, "corrupt_shard": url,
+                        "samples_lost": "unknown (no manifest)" if lost is None else lost})
 
     batches = batches_from(position)
-    metrics: dict[str, Any] = {}
+    best: dict[str, float] = {}
+    nonfinite = 0
+    valid_at = validation_steps(cfg, steps)
+    params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     while step < steps:
         t0 = time.perf_counter()
@@ -262,7 +367,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             tw = time.perf_counter()
             batch = next_batch()
             wait += time.perf_counter() - tw
-            position.update(batch)
+            note_losses(position.update(batch))
             sync = micro == cfg.grad_accum - 1
             with (ddp.no_sync() if world > 1 and not sync else contextlib.nullcontext()):
                 with autocast(cfg.precision, device):
@@ -273,32 +378,59 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 losses[k] = losses.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
         if scaler is not None:
             scaler.unscale_(opt)
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
+        # the norm before clipping, every step; inf max_norm only measures
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        lrs = {f"lr_{g['name']}": g["lr"] for g in opt.param_groups}
+        if math.isfinite(grad_norm):
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+        else:  # never apply, never clip to zero: skip the update, count it, say so
+            nonfinite += 1
+            if scaler is not None:
+                scaler.update()  # lowers the fp16 loss scale, as a skipped scaler step does
+            log.record({"step": step + 1, "skipped_update": "non-finite gradient norm",
+                        "grad_norm": grad_norm, "nonfinite_steps": nonfinite})
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
 
+        elapsed = time.perf_counter() - t0
+        log.scalars(step, {**{f"train/{k}": v for k, v in losses.items()}, "train/grad_norm": grad_norm,
+                           **{f"lr/{k.removeprefix('lr_')}": v for k, v in lrs.items()},
+                           "train/nonfinite_steps": nonfinite, "train/skipped_samples": position.skipped})
         if step % cfg.log_freq == 0 or step == steps or step == 1:
-            elapsed = time.perf_counter() - t0
-            log.write({"step": step, **losses, "lr": sched.get_last_lr()[-1], "step_s": elapsed,
-                       "data_wait_share": wait / elapsed, "skipped_samples": position.skipped})
-        if cfg.save_freq and step % cfg.save_freq == 0 and step < steps:
+            log.record({"step": step, **losses, "grad_norm": grad_norm, "nonfinite_steps": nonfinite, **lrs,
+                        "step_s": elapsed, "data_wait_share": wait / elapsed,
+                        "skipped_samples": position.skipped})
+        validate = step in valid_at and cfg.data.valid is not None
+        if step == steps or validate or (cfg.save_freq and step % cfg.save_freq == 0):
             save_state(checkpoint_path(cfg.output, step), model, opt, sched, scaler, step, position)
-        if cfg.valid_freq and step % cfg.valid_freq == 0 and step < steps and cfg.data.valid is not None:
-            metrics = evaluate(model, cfg, test_task) if is_main() else {}
-            log.write({"valid_step": step, **metrics})
-            barrier()
+            if cfg.remove_before_ckpt and is_main():
+                for old in Path(cfg.output, "ckpt").glob("step_*.pt"):
+                    if old != checkpoint_path(cfg.output, step):
+                        old.unlink()
+        if validate:
+            metrics = _evaluate(model, cfg, test_task)
+            log.record({"valid_step": step, **metrics})
+            log.scalars(step, {f"valid/{k}": v for k, v in metrics.items()})
+            if cfg.save_best and is_main():
+                keep_best(cfg, model, metrics, best, step,
+                          [headline(t, g, cfg.rerank_k) for t in parse_task(test_task) for g in t.groups])
             model.train()
-
-    save_state(checkpoint_path(cfg.output, step), model, opt, sched, scaler, step, position)
-    if cfg.data.valid is not None:
-        metrics = evaluate(model, cfg, test_task) if is_main() else {}
-        log.write({"valid_step": step, **metrics})
-        barrier()
     return metrics
+
+
+def keep_best(cfg: TrainConfig, model: Any, metrics: dict[str, Any], best: dict[str, float], step: int,
+              names: list[str]) -> None:
+    """Write ``ckpt/best_<metric>.pt`` when a headline metric reaches a new best (>=, as upstream)."""
+    from vast.model import save_checkpoint
+
+    for name in names:
+        if name in metrics and metrics[name] >= best.get(name, -math.inf):
+            best[name] = metrics[name]
+            save_checkpoint(model, Path(cfg.output) / "ckpt" / f"best_{name}.pt",
+                            extra={"step": step, name: metrics[name]})
