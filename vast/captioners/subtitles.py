@@ -29,7 +29,8 @@ Which decoded text is kept follows Whisper's own rules, in both backends:
 
 Rules 1 and 3 apply inside the libraries too (a skipped window, a segment without text), so on
 speech the subtitle equals the library's transcript; rules 2 and 4 are ours and documented
-above. A clip without audio, or whose every window was dropped, gets ``""``: the reason is
+above, and so is one more: segment times are clamped to the clip's duration (a window's
+timestamps can point past the end of the audio, which ``transcribe`` reports as they are). A clip without audio, or whose every window was dropped, gets ``""``: the reason is
 recorded in the field's provenance (``empty_reason``), it is not a failure.
 """
 
@@ -434,7 +435,7 @@ class WhisperSubtitler(ModelStage):
         """Apply ``transcribe``'s seek rule and the keep rules (module docstring) to one decoded window."""
         b = self.backend
         win.compression_ratio = compression_ratio(b.text(win.tokens).strip())
-        offset = clip.seek * HOP_S
+        offset, duration = clip.seek * HOP_S, clip.content * HOP_S
         verdict = window_verdict(win, self.config)
         if verdict == "no_speech":  # transcribe skips the whole window
             clip.seek += size
@@ -454,8 +455,8 @@ class WhisperSubtitler(ModelStage):
             if not has_words(text):
                 clip.dropped["no_words"] += 1
                 continue
-            clip.segments.append({"start": round(offset + start, 2), "end": round(offset + end, 2),
-                                  "text": text, **figures})
+            clip.segments.append({"start": round(min(offset + start, duration), 2),
+                                  "end": round(min(offset + end, duration), 2), "text": text, **figures})
 
     def _result(self, clip: _Clip) -> dict[str, Any]:
         segs = clip.segments
