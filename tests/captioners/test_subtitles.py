@@ -124,7 +124,8 @@ def test_whispers_rule_skips_only_unsure_no_speech_windows(stages, media, backen
     skipped, reason = run(no_speech_threshold=nsp / 2, logprob_threshold=logprob + 0.5)
     assert skipped == empty and reason.startswith("Whisper kept no text: no speech")
     # a confident decode is kept whatever its no-speech probability (Whisper's rule, not either gate)
-    assert run(no_speech_threshold=nsp / 2, logprob_threshold=logprob - 0.5)[0]["subtitle"] == ungated["subtitle"]
+    kept, _ = run(no_speech_threshold=nsp / 2, logprob_threshold=logprob - 0.5)
+    assert kept["subtitle"] == ungated["subtitle"]
     # a low log-prob alone skips nothing; the no-speech probability alone does when logprob is unset
     assert run(logprob_threshold=logprob + 0.5)[0]["subtitle"] == ungated["subtitle"]
     assert run(no_speech_threshold=nsp / 2)[0] == empty
@@ -165,7 +166,7 @@ def test_split_window_follows_transcribe():
     tb = 1000
     # two closed segments, then a single timestamp: the whole window (1200 frames) is consumed
     segs, advance = split_window([tb + 0, 1, 2, tb + 50, tb + 50, 3, tb + 100], tb, 1200)
-    assert [(s, e, t) for s, e, t in segs] == [(0.0, 1.0, [tb, 1, 2, tb + 50]), (1.0, 2.0, [tb + 50, 3, tb + 100])]
+    assert segs == [(0.0, 1.0, [tb, 1, 2, tb + 50]), (1.0, 2.0, [tb + 50, 3, tb + 100])]
     assert advance == 1200
     # an unfinished segment after the last pair: resume at the last pair's end (2 frames per token)
     segs, advance = split_window([tb + 0, 1, tb + 50, tb + 50, 3], tb, 3000)

@@ -109,7 +109,8 @@ def subtitled(weights, clips) -> dict[str, dict[str, dict]]:
 @pytest.mark.parametrize("backend", ["openai", "faster"])
 def test_backend_equals_its_reference_library(weights, clips, subtitled, backend):
     for name in [*SENTENCES, "long"]:
-        got = [(s["start"], s["end"], s["text"]) for s in json.loads(subtitled[backend][name]["subtitle_segments"])]
+        segments = json.loads(subtitled[backend][name]["subtitle_segments"])
+        got = [(s["start"], s["end"], s["text"]) for s in segments]
         assert got == _reference(backend, weights[backend], clips[name]), name
         assert subtitled[backend][name]["subtitle"] == " ".join(t for _, _, t in got)
         assert subtitled[backend][name]["subtitle_language"] == "en"
@@ -120,7 +121,8 @@ def test_backend_equals_its_reference_library(weights, clips, subtitled, backend
 @pytest.mark.parametrize("backend", ["openai", "faster"])
 def test_speech_within_wer_bound_tone_and_silence_empty(subtitled, backend):
     out = subtitled[backend]
-    wer = sum(word_error_rate(text, out[name]["subtitle"]) for name, text in SENTENCES.items()) / len(SENTENCES)
+    wer = sum(word_error_rate(text, out[name]["subtitle"]) for name, text in SENTENCES.items())
+    wer /= len(SENTENCES)
     print(f"{backend}: WER {wer:.3f} on {len(SENTENCES)} espeak-ng sentences")
     assert wer <= WER_BOUND
     # beam 5 loops "Beep Beep ..." (the repetition rule), greedy decoding is unsure (the no-speech rule)

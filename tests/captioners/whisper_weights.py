@@ -45,7 +45,8 @@ def read_ct2(path: Path) -> dict[str, np.ndarray]:
 
 
 def ct2_to_openai(model_bin: Path, out: Path) -> Path:
-    """Write the CTranslate2 Whisper in ``model_bin`` as an openai-whisper checkpoint ``{dims, model_state_dict}``."""
+    """Write the CTranslate2 Whisper in ``model_bin`` as an openai-whisper checkpoint
+    ``{dims, model_state_dict}`` at ``out``."""
     import torch
 
     v = read_ct2(model_bin)
@@ -98,7 +99,8 @@ def ct2_to_openai(model_bin: Path, out: Path) -> Path:
     norm("decoder.ln", "decoder/layer_norm")
     conv1, emb = v["encoder/conv1/weight"], v["decoder/embeddings/weight"]
     dims = {"n_mels": conv1.shape[1], "n_audio_ctx": v["encoder/position_encodings/encodings"].shape[0],
-            "n_audio_state": conv1.shape[0], "n_audio_head": int(v["encoder/num_heads"]), "n_audio_layer": n_enc,
+            "n_audio_state": conv1.shape[0], "n_audio_head": int(v["encoder/num_heads"]),
+            "n_audio_layer": n_enc,
             "n_vocab": emb.shape[0], "n_text_ctx": v["decoder/position_encodings/encodings"].shape[0],
             "n_text_state": emb.shape[1], "n_text_head": int(v["decoder/num_heads"]), "n_text_layer": n_dec}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -278,7 +278,8 @@ class OmniCaptionFuser(ModelStage):
     def annotate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any] | SampleError]:
         outputs = self.backend.generate(self.prompts(rows))
         caps = [clean_caption(o, self.template.response_prefix, self.config.max_words) for o in outputs]
-        return [{"vast_cap": cap, EMPTY_REASON: "" if cap else f"the LLM's answer {o[:80]!r} cleaned to nothing"}
+        return [{"vast_cap": cap, EMPTY_REASON: "" if cap else
+                 f"the LLM's answer {o[:80]!r} cleans to nothing"}
                 for cap, o in zip(caps, outputs, strict=True)]
 
     def provenance(self) -> dict[str, Any]:

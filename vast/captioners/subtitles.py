@@ -30,7 +30,9 @@ Which decoded text is kept follows Whisper's own rules, in both backends:
 Rules 1 and 3 apply inside the libraries too (a skipped window, a segment without text), so on
 speech the subtitle equals the library's transcript; rules 2 and 4 are ours and documented
 above, and so is one more: segment times are clamped to the clip's duration (a window's
-timestamps can point past the end of the audio, which ``transcribe`` reports as they are). A clip without audio, or whose every window was dropped, gets ``""``: the reason is
+timestamps can point past the end of the audio, which ``transcribe`` reports as they are).
+
+A clip without audio, or whose every window was dropped, gets ``""``: the reason is
 recorded in the field's provenance (``empty_reason``), it is not a failure.
 """
 
@@ -78,7 +80,8 @@ class WhisperConfig(ModelStageConfig):
     beam_size: int = 5
     """Beam width; 1 decodes greedily."""
     max_tokens: int | None = None
-    """Most tokens decoded per 30 s window; ``None``: the library's limit (openai 224, faster 448 − prompt)."""
+    """Most tokens decoded per 30 s window; ``None``: the library's limit (openai 224, faster 448 with
+    the prompt)."""
     no_speech_threshold: float | None = 0.6
     """Skip a window whose no-speech probability is above this AND whose ``avg_logprob`` is below
     ``logprob_threshold`` (Whisper's rule); ``None`` disables the rule."""
@@ -86,7 +89,8 @@ class WhisperConfig(ModelStageConfig):
     """See ``no_speech_threshold``: a window decoded with a mean token log-probability above this is
     kept whatever its no-speech probability."""
     compression_ratio_threshold: float | None = 2.4
-    """Drop a window whose text's gzip compression ratio is above this (a repetition loop); ``None`` disables."""
+    """Drop a window whose text's gzip compression ratio is above this (a repetition loop); ``None``
+    disables."""
     silence_db: float | None = -60.0
     """A clip whose peak level is below this many dBFS is silence and is not decoded; ``None`` disables."""
     max_windows: int = 64
@@ -286,7 +290,8 @@ class _FasterBackend:
             from faster_whisper import WhisperModel
             from faster_whisper.tokenizer import Tokenizer
         except ImportError as e:
-            raise ImportError("backend 'faster' needs faster-whisper: pip install faster-whisper==1.2.1") from e
+            raise ImportError("Whisper backend 'faster' needs faster-whisper: "
+                              "pip install faster-whisper==1.2.1") from e
         import torch
 
         from vast.captioners.hub import resolve_model
@@ -308,7 +313,7 @@ class _FasterBackend:
         return self.tokenizer.decode(tokens)  # drops every special token, timestamps included
 
     def features(self, audio: np.ndarray) -> tuple[np.ndarray, int]:
-        """The clip's log-mel (n_mels, T) as ``WhisperModel.transcribe`` computes it, and its content frames."""
+        """The clip's log-mel (n_mels, T) as ``WhisperModel.transcribe`` computes it, and content frames."""
         mel = self.model.feature_extractor(audio)
         return mel, mel.shape[-1] - 1
 
