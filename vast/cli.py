@@ -90,7 +90,8 @@ def retry(output: str, classes: list[str], overrides: dict[str, str] | None = No
 
 
 def annotate(shards: str, output: str, config: str = "demo", stages: list[str] | None = None,
-             no_progress: bool = False, overrides: dict[str, str] | None = None) -> int:
+             dependents: str = "rerun", no_progress: bool = False,
+             overrides: dict[str, str] | None = None) -> int:
     """Re-run annotation stages over committed shards into new shards (nothing is downloaded).
 
     Args:
@@ -98,6 +99,8 @@ def annotate(shards: str, output: str, config: str = "demo", stages: list[str] |
         output: where the re-annotated shards go (a new directory; resumable)
         config: preset or YAML whose annotation stages (and their options) are used
         stages: stages to re-run (e.g. --stage fusion); default: every annotation stage of the config
+        dependents: rerun (default): also re-run the stages computed from the chosen ones (fusion after
+            subtitle); stale: keep their fields and mark them stale in provenance
         no_progress: no live progress bar
     """
     from vast.pipeline.annotate import annotate as run_annotate
@@ -107,7 +110,10 @@ def annotate(shards: str, output: str, config: str = "demo", stages: list[str] |
     cfg = load_config(config, _with(overrides, output=output))
     if no_progress:
         cfg.progress = False
-    print(format_summary(run_annotate(shards, cfg, stages)))
+    summary = run_annotate(shards, cfg, stages, dependents)
+    print(format_summary(summary))
+    for field, why in summary.get("stale", {}).items():
+        print(f"stale    {field}: {why}")
     return 0
 
 
@@ -185,6 +191,31 @@ def tiny_models(directory: str) -> int:
     return 0
 
 
+def models(action: str, config: str, models_dir: str | None = None) -> int:
+    """Get the models a preset names: `models pull PRESET` downloads every hub model, checksums verified.
+
+    Args:
+        action: pull (download what is missing, verify every file; rerun to resume) or list (where each is)
+        config: preset name (demo, vast27m, ...) or a YAML file
+        models_dir: download into DIR/ORG/NAME, not the HF cache (runs then need VAST_MODELS_DIR=DIR)
+    """
+    from vast.captioners.hub import local_model, needed_models, pull
+    from vast.pipeline.config import load_config
+
+    cfg = load_config(config)
+    if action == "pull":
+        pull(cfg, models_dir)
+        return 0
+    if action != "list":
+        raise ConfigError(f"models: unknown action {action!r}; use pull or list")
+    missing = 0
+    for need in needed_models(cfg):
+        path = local_model(need.ref)
+        missing += path is None
+        print(f"{f'stages.{need.stage}.options.{need.option}':<40} {need.ref}: {path or 'MISSING'}")
+    return 1 if missing else 0
+
+
 def sample(directory: str, videos: int = 4) -> int:
     """Generate sample media and an ids.txt naming them (every line form), to try ingest offline.
 
@@ -201,10 +232,11 @@ def sample(directory: str, videos: int = 4) -> int:
 
 COMMANDS: dict[str, Callable[..., int]] = {
     "ingest": ingest, "status": status, "retry": retry, "annotate": annotate, "label": label,
-    "export": export, "shards-build": shards_build, "sample": sample, "tiny-models": tiny_models}
+    "export": export, "shards-build": shards_build, "sample": sample, "tiny-models": tiny_models,
+    "models": models}
 # commands whose flags are their own (the upstream trainer flags): argv is handed over as it is
 PASSTHROUGH: dict[str, Callable[[list[str]], int]] = {"train": train}
-FLAG_NAMES = {"classes": "--class", "stages": "--stage"}
+FLAG_NAMES = {"classes": "--class", "stages": "--stage", "models_dir": "--dir"}
 
 
 def _ingest_keys() -> list[tuple[str, str, str]]:

@@ -17,8 +17,10 @@ driver (``ModelStage.preflight``) before the graph starts, so a missing model is
 stack trace from inside a Ray actor.
 
 ``models pull PRESET`` downloads every hub model a preset names with ``huggingface_hub`` (which
-honours ``HF_ENDPOINT``, ``HF_HOME`` and ``HF_TOKEN``, and resumes interrupted files), then checks
-each file against the sha256 (LFS files) or git blob id (small files) that the hub lists for it.
+honours ``HF_ENDPOINT``, ``HF_HOME`` and ``HF_TOKEN``), then checks each file against the sha256 (LFS
+files) or git blob id (small files) that the hub lists for it. It is resumable: a transfer cut short
+continues with a byte range, and running the command again fetches only the files not yet complete
+(a file that failed its checksum is deleted, so the next run fetches it anew).
 The VAST captioner checkpoints are on no hub: the command says where they are published.
 """
 
@@ -197,6 +199,7 @@ def pull(cfg: Any, directory: str | None = None, log: Any = print) -> list[tuple
     comes from. Raises ``ModelMissing`` listing every model that could not be had.
     """
     from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
 
     out: list[tuple[Needed, Path | None]] = []
     problems: list[str] = []
@@ -216,15 +219,21 @@ def pull(cfg: Any, directory: str | None = None, log: Any = print) -> list[tuple
             out.append((need, Path(need.ref)))
             continue
         if not is_hub_id(need.ref):
-            problems.append(f"{label}: {need.ref} does not exist and is not a hub id")
+            problems.append(f"{label}: {need.ref} does not exist (a local path: write it, e.g. with "
+                            "`vast-pipeline tiny-models DIR`, or point the option elsewhere)")
             out.append((need, None))
             continue
         target = Path(directory) / need.ref if directory else None
-        # resumes .incomplete files and skips complete ones
-        local = snapshot_download(need.ref, local_dir=target)
-        api = HfApi()
-        info = api.repo_info(need.ref)
-        bad = verify(Path(local), api.list_repo_tree(need.ref, recursive=True, revision=info.sha))
+        try:
+            # resumes .incomplete files and skips complete ones
+            local = snapshot_download(need.ref, local_dir=target)
+            api = HfApi()
+            info = api.repo_info(need.ref)
+            bad = verify(Path(local), api.list_repo_tree(need.ref, recursive=True, revision=info.sha))
+        except (OSError, ValueError, HfHubHTTPError) as e:  # no hub, no such repo, no disk: report, go on
+            problems.append(f"{label}: {need.ref} could not be downloaded: {str(e).splitlines()[0]}")
+            out.append((need, None))
+            continue
         if bad:
             problems.append(f"{label}: {need.ref} failed its checksum in {', '.join(bad)}; run the command "
                             "again to download those files anew")
