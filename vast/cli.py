@@ -59,6 +59,9 @@ def status(output: str, examples: int = 2) -> int:
 
     store = OutputStore(output)
     print(format_summary(summarize(store)))
+    example = _example_subtitle(store)
+    if example:
+        print(f"subtitle {example[0]}: {example[1]!r}")
     ledger = read_ledger(store)
     failed = ledger.filter(pc.equal(ledger["status"], "failed"))
     for cls in sorted(set(failed["error_class"].to_pylist())):
@@ -66,6 +69,25 @@ def status(output: str, examples: int = 2) -> int:
         for r in rows:
             print(f"  {cls:<14} {r['key'] or r['input']}: {r['message'][:160]}")
     return 0
+
+
+def _example_subtitle(store: Any) -> tuple[str, str] | None:
+    """The first committed sample with a subtitle (key, text): one manifest read at a time."""
+    import pyarrow.parquet as pq
+
+    from vast.shards.store import COMMIT_RE
+
+    committed = set(store.committed_numbers())
+    for name in store.ls():
+        m = COMMIT_RE.search(name)
+        if name.endswith(".parquet") and m and int(m.group(1)) in committed:
+            with store.open(name) as f:
+                table = pq.read_table(f)
+            if "subtitle" in table.column_names:
+                for key, text in zip(table["key"].to_pylist(), table["subtitle"].to_pylist(), strict=True):
+                    if text:
+                        return key, text
+    return None
 
 
 def retry(output: str, classes: list[str], overrides: dict[str, str] | None = None) -> int:
@@ -179,7 +201,7 @@ def train(argv: list[str]) -> int:
 
 
 def tiny_models(directory: str) -> int:
-    """Write the tiny random-weight models the demo preset uses (captioners, Whisper, LM).
+    """Write the tiny random-weight models the demo preset uses (VAST captioners, fusion LM).
 
     Args:
         directory: where to write them (the demo preset reads out/models)
