@@ -393,8 +393,10 @@ class WhisperSubtitler(ModelStage):
 
     @classmethod
     def model_refs(cls, config: WhisperConfig) -> dict[str, str]:
-        """The hub-resolved model of the ``faster`` backend (openai-whisper resolves its own names)."""
-        return {"model": config.model} if config.backend == "faster" else {}
+        """The ``faster`` backend's model (hub id or directory), or the ``openai`` backend's checkpoint
+        file; openai-whisper's own names (``large-v3``) are its to download."""
+        local = config.backend == "openai" and ("/" in config.model or config.model.endswith(".pt"))
+        return {"model": config.model} if config.backend == "faster" or local else {}
 
     def annotate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any] | SampleError]:
         c, b = self.config, self.backend
