@@ -50,6 +50,8 @@ def _preset_overrides(preset: str, models: dict[str, str]) -> list[str]:
         "stages.subtitle.options.model": "Systran/faster-whisper-tiny.en",
         "stages.fusion.options.model": models["lm"],
         "ray.num_cpus": "2", "ray.object_store_mb": "400", "shards.samples_per_shard": "3",
+        # one fetch and one media task at a time: fewer Ray worker processes on a 2-core CI machine
+        "stages.fetch.num_cpus": "1", "stages.media.num_cpus": "1",
     }
     if preset == "vast27m":
         for stage in ("vision_caption", "audio_caption", "subtitle", "fusion"):
