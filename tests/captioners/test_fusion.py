@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vast.captioners.base import weights_checksum
+from vast.captioners.base import input_digest, weights_checksum
 from vast.captioners.fusion import FusionConfig, OmniCaptionFuser, clean_caption, load_prompt
 from vast.pipeline.stage import batch_of, rows_of
 
@@ -128,6 +128,26 @@ def test_stage_fuses_clips_with_missing_inputs_and_records_provenance(fuser, lm_
     assert record["weights_sha256"] == weights_checksum(str(lm_dir.resolve()))
     assert record["prompt"]["name"] == "vast27m-v1" and record["prompt"]["version"] == 1
     assert record["decoding"] == {"max_new_tokens": 12, "do_sample": False, "seed": 0}
+
+
+def test_nothing_to_fuse_is_empty_with_a_reason_and_never_reaches_the_llm(fuser, monkeypatch):
+    prompted: list[str] = []
+    generate = fuser.backend.generate
+    monkeypatch.setattr(fuser.backend, "generate", lambda ps: prompted.extend(ps) or generate(ps))
+    nothing = [{"vision_cap": [], "audio_cap": [], "subtitle": ""},  # a tone file: no speech, no captions
+               {"vision_cap": ["  "], "audio_cap": None, "subtitle": float("nan")}]  # blank or missing
+    rows = [{"key": f"k{i}", "status": "ok", "error_class": "", "message": "", "stage": "", **r}
+            for i, r in enumerate([*nothing, VISION_ONLY])]
+    out = rows_of(fuser(batch_of(rows)))
+    assert [r["vast_cap"] for r in out[:2]] == ["", ""] and out[2]["vast_cap"]
+    assert len(prompted) == 1 and "a dog runs in a field" in prompted[0]
+    for r in out[:2]:
+        record = json.loads(r["provenance"])["vast_cap"]
+        assert record["empty_reason"] == "nothing to fuse: no vision caption, audio caption or subtitle"
+    record = json.loads(out[2]["provenance"])["vast_cap"]
+    assert record["empty_reason"] == ""
+    inputs = ("vision_cap", "audio_cap", "subtitle")
+    assert record["inputs"] == {k: input_digest(VISION_ONLY[k]) for k in inputs}
 
 
 def test_sampling_is_seeded(lm_dir):

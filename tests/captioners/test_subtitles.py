@@ -16,13 +16,14 @@ from vast.captioners.subtitles import (
     WhisperSubtitler,
     Window,
     compression_ratio,
-    passes_gates,
-    split_segments,
+    split_window,
+    window_verdict,
 )
 from vast.pipeline.stage import batch_of, rows_of
 
 BACKENDS = ("openai", "faster")
-GATES_OFF = {"no_speech_threshold": None, "logprob_threshold": None, "compression_ratio_threshold": None}
+GATES_OFF = {"no_speech_threshold": None, "logprob_threshold": None, "compression_ratio_threshold": None,
+             "silence_db": None}
 
 
 def _flac(args: list[str]) -> bytes:
@@ -107,30 +108,35 @@ def test_speech_clip_gives_timestamped_segments_and_language(models, stages, med
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("gate,figure,failing", [
-    ("no_speech_threshold", "no_speech_prob", lambda x: x / 2),   # gate drops above the threshold
-    ("logprob_threshold", "avg_logprob", lambda x: x + 0.5),      # gate drops below the threshold
-    ("compression_ratio_threshold", "compression_ratio", lambda x: x / 2),
-])
-def test_gate_empties_tone_clip(stages, media, backend, gate, figure, failing):
+def test_whispers_rule_skips_only_unsure_no_speech_windows(stages, media, backend):
     tone = [{"flac": media["tone"]}]
     ungated = stages[backend].annotate(tone)[0]
     assert ungated["subtitle"]  # the random model invents text on a pure tone...
-    value = json.loads(ungated["subtitle_segments"])[0][figure]
-    gated = _with(stages[backend], **{gate: failing(value)}).annotate(tone)[0]
-    # ...and the gate drops it
-    assert gated == {"subtitle": "", "subtitle_segments": "[]", "subtitle_language": ""}
-    passing = value * 2 if gate != "logprob_threshold" else value - 0.5
-    kept = _with(stages[backend], **{gate: passing}).annotate(tone)[0]
+    seg = json.loads(ungated["subtitle_segments"])[0]
+    nsp, logprob = seg["no_speech_prob"], seg["avg_logprob"]
+    empty = {"subtitle": "", "subtitle_segments": "[]", "subtitle_language": ""}
+
+    def run(**gates):
+        out = _with(stages[backend], **gates).annotate(tone)[0]
+        return {k: out[k] for k in empty}, out["empty_reason"]
+
+    # no-speech probability above the threshold AND log-prob below it: skipped, with the reason
+    skipped, reason = run(no_speech_threshold=nsp / 2, logprob_threshold=logprob + 0.5)
+    assert skipped == empty and reason.startswith("Whisper kept no text: no speech")
+    # a confident decode is kept whatever its no-speech probability (Whisper's rule, not either gate)
+    kept, _ = run(no_speech_threshold=nsp / 2, logprob_threshold=logprob - 0.5)
     assert kept["subtitle"] == ungated["subtitle"]
-
-
-def test_default_gates_empty_a_random_models_guesses(stages, media):
-    # the tiny model's tokens have mean log-prob far below -1: the default gates refuse them
-    defaults = WhisperConfig()
-    gates = {g: getattr(defaults, g) for g in GATES_OFF}
-    out = _with(stages["openai"], **gates).annotate([{"flac": media["tone"]}, {"flac": media["speech"]}])
-    assert [o["subtitle"] for o in out] == ["", ""]
+    # a low log-prob alone skips nothing; the no-speech probability alone does when logprob is unset
+    assert run(logprob_threshold=logprob + 0.5)[0]["subtitle"] == ungated["subtitle"]
+    assert run(no_speech_threshold=nsp / 2)[0] == empty
+    assert run(no_speech_threshold=min(0.999, nsp * 2))[0]["subtitle"] == ungated["subtitle"]
+    # the repetition rule is separate
+    ratio = seg["compression_ratio"]
+    assert run(compression_ratio_threshold=ratio / 2)[1].startswith("Whisper kept no text: repetition")
+    assert run(compression_ratio_threshold=ratio * 2)[0]["subtitle"] == ungated["subtitle"]
+    # silence is not decoded at all: a 440 Hz sine peaks near 0 dBFS
+    assert run(silence_db=-60.0)[0]["subtitle"] == ungated["subtitle"]
+    assert run(silence_db=10.0)[1].startswith("silent audio")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -142,6 +148,8 @@ def test_stage_call_no_audio_bad_audio_and_provenance(models, stages, media, bac
     assert [r["status"] for r in out] == ["ok", "ok", "failed"]
     assert out[0]["subtitle"]
     assert (out[1]["subtitle"], out[1]["subtitle_segments"], out[1]["subtitle_language"]) == ("", "[]", "")
+    assert json.loads(out[1]["provenance"])["subtitle"]["empty_reason"] == "no audio track"
+    assert json.loads(out[0]["provenance"])["subtitle"]["empty_reason"] == ""
     assert out[2]["error_class"] == "decode_error" and out[2]["stage"] == "subtitle"
     prov = json.loads(out[0]["provenance"])
     assert set(prov) == {"subtitle", "subtitle_segments", "subtitle_language"}
@@ -154,26 +162,29 @@ def test_stage_call_no_audio_bad_audio_and_provenance(models, stages, media, bac
     assert record["gates"] == GATES_OFF and record["decoding"]["beam_size"] == 1
 
 
-def test_split_segments_pairs_timestamps():
-    tb, eot = 1000, 900
-    def decode(ids: list[int]) -> str:
-        return " ".join(f"w{i}" for i in ids)
+def test_split_window_follows_transcribe():
+    tb = 1000
+    # two closed segments, then a single timestamp: the whole window (1200 frames) is consumed
+    segs, advance = split_window([tb + 0, 1, 2, tb + 50, tb + 50, 3, tb + 100], tb, 1200)
+    assert segs == [(0.0, 1.0, [tb, 1, 2, tb + 50]), (1.0, 2.0, [tb + 50, 3, tb + 100])]
+    assert advance == 1200
+    # an unfinished segment after the last pair: resume at the last pair's end (2 frames per token)
+    segs, advance = split_window([tb + 0, 1, tb + 50, tb + 50, 3], tb, 3000)
+    assert [(s, e) for s, e, _ in segs] == [(0.0, 1.0)] and advance == 100
+    # no pair: one segment up to the last timestamp, or the window's end
+    assert split_window([tb + 10, 5, 6, tb + 40], tb, 800) == ([(0.0, 0.8, [tb + 10, 5, 6, tb + 40])], 800)
+    assert split_window([5, 6], tb, 450) == ([(0.0, 4.5, [5, 6])], 450)
 
-    tokens = [tb + 0, 1, 2, tb + 50, tb + 50, 3, 950, tb + 100, 4]  # 950: a special token, not text
-    assert split_segments(tokens, tb, eot, decode, duration=3.0) == [
-        (0.0, 1.0, "w1 w2"), (1.0, 2.0, "w3"), (2.0, 3.0, "w4")]
-    assert split_segments([5, 6], tb, eot, decode, duration=4.5) == [(0.0, 4.5, "w5 w6")]
 
-
-def test_gates_and_compression_ratio():
+def test_window_verdict_and_compression_ratio():
     cfg = WhisperConfig()
     assert compression_ratio("la " * 100) > cfg.compression_ratio_threshold
     assert compression_ratio("A short and varied sentence.") < cfg.compression_ratio_threshold
-    speech = Window([], "en", no_speech_prob=0.1, avg_logprob=-0.3, compression_ratio=1.2)
-    assert passes_gates(speech, cfg)
-    assert not passes_gates(Window([], "en", 0.9, -0.3, compression_ratio=1.2), cfg)
-    assert not passes_gates(Window([], "en", 0.1, -1.5, compression_ratio=1.2), cfg)
-    assert not passes_gates(Window([], "en", 0.1, -0.3, compression_ratio=3.0), cfg)
+    assert window_verdict(Window([], "en", 0.1, -0.3, compression_ratio=1.2), cfg) is None
+    assert window_verdict(Window([], "en", 0.9, -1.5, compression_ratio=1.2), cfg) == "no_speech"
+    assert window_verdict(Window([], "en", 0.9, -0.3, compression_ratio=1.2), cfg) is None  # confident
+    assert window_verdict(Window([], "en", 0.1, -1.5, compression_ratio=1.2), cfg) is None  # speech, unsure
+    assert window_verdict(Window([], "en", 0.1, -0.3, compression_ratio=3.0), cfg) == "repetition"
 
 
 def test_tiny_whisper_is_deterministic(models, tmp_path):

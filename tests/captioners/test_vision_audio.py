@@ -12,6 +12,7 @@ import torch
 
 from tests.captioners.conftest import synthetic_rows
 from vast.captioners.audio import AudioCaptioner, AudioCaptionerConfig
+from vast.captioners.base import input_digest
 from vast.captioners.tiny import write_tiny_captioners
 from vast.captioners.vision import VisionCaptioner, VisionCaptionerConfig
 from vast.model import GenerationConfig, load_checkpoint, load_tokenizer, media_batch
@@ -91,8 +92,11 @@ def test_audio_captions_and_a_clip_without_audio(audio_stage, media_rows):
     assert silent == []
     assert len(tone0) == 3 and len(tone1) == 3 and tone0 != tone1
     assert [run(audio_stage, [r])[0]["audio_cap"] for r in rows] == [tone0, silent, tone1]
-    # the empty list is an annotation with its provenance, so a resumed run does not redo it
-    assert json.loads(out[1]["provenance"])["audio_cap"]["model"] == audio_stage.config.checkpoint
+    # the empty list is an annotation with its provenance and reason, so a resumed run does not redo it
+    record = json.loads(out[1]["provenance"])["audio_cap"]
+    assert record["model"] == audio_stage.config.checkpoint
+    assert record["empty_reason"] == "no audio (no audio stream)"
+    assert json.loads(out[0]["provenance"])["audio_cap"]["empty_reason"] == ""
 
 
 def test_provenance_records_weights_checksum_and_decoding(
@@ -106,7 +110,10 @@ def test_provenance_records_weights_checksum_and_decoding(
         "decoding": {"strategy": "top_k_sampling", "top_k": 10, "num_captions": 3, "max_len": 40, "seed": 0,
                      "num_frames": 8},
         "prompt_version": None,
+        "inputs": {"mp4": input_digest(media_rows["tone0"]["mp4"])},
+        "empty_reason": "",
     }
+    assert prov["audio_cap"]["inputs"] == {"flac": input_digest(media_rows["tone0"]["flac"])}
     assert prov["audio_cap"]["weights_sha256"] == sha256(tiny_captioners["audio_captioner"])
     assert prov["audio_cap"]["decoding"]["num_clips"] == 3
     assert len(row["vision_cap"]) == 3 and len(row["audio_cap"]) == 3
@@ -118,11 +125,13 @@ def test_a_bad_row_fails_alone(vision_stage, audio_stage, media_rows):
     gray = dict(good[2], frames=np.zeros((8, 64, 64), np.uint8))
     already_failed = dict(good[3], status="failed", error_class="network", message="reset", stage="fetch")
     out = run(vision_stage, [good[0], no_frames, gray, already_failed])
-    assert [r["status"] for r in out] == ["ok", "failed", "failed", "failed"]
+    assert [r["status"] for r in out] == ["ok", "ok", "failed", "failed"]
     assert out[0]["vision_cap"] == run(vision_stage, [good[0]])[0]["vision_cap"]
-    for r in out[1:3]:
-        assert (r["error_class"], r["stage"]) == ("decode_error", "vision_caption")
-        assert "frames" in r["message"] and r["vision_cap"] is None
+    # no frames at all (an audio-only item) is not a failure: no captions, and the reason
+    assert out[1]["vision_cap"] == []
+    assert json.loads(out[1]["provenance"])["vision_cap"]["empty_reason"].startswith("no video frames")
+    assert (out[2]["error_class"], out[2]["stage"]) == ("decode_error", "vision_caption")
+    assert "frames" in out[2]["message"] and out[2]["vision_cap"] is None
     assert (out[3]["error_class"], out[3]["stage"], out[3]["vision_cap"]) == ("network", "fetch", None)
 
     bad_flac = dict(media_rows["tone1"], flac=b"fLaC but not really")

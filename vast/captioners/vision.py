@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from vast.captioners.base import ModelStage, ModelStageConfig, pick_device, weights_checksum
+from vast.captioners.base import EMPTY_REASON, ModelStage, ModelStageConfig, pick_device, weights_checksum
 from vast.pipeline.stage import SampleError
 
 if TYPE_CHECKING:
@@ -46,8 +46,8 @@ class CaptionerConfig(ModelStageConfig):
     """Overrides of the named config for an upstream checkpoint, as ``create_model(model, **overrides)``
     takes them, e.g. ``{"vision": {"image_size": 336}}``."""
     tokenizer: str = ""
-    """Required. Local BERT WordPiece tokenizer: a directory with ``vocab.txt`` (bert-base-uncased for
-    the released captioners)."""
+    """Required. BERT WordPiece tokenizer: a hub id (``google-bert/bert-base-uncased`` for the released
+    captioners, fetched by ``vast-pipeline models pull``) or a directory with ``vocab.txt``."""
     top_k: int = 10
     """Sample each token among the k most likely (VAST: 10)."""
     num_captions: int = 3
@@ -161,19 +161,36 @@ class VASTCaptioner(ModelStage):
 
     group: ClassVar[str]
     input_key: ClassVar[str]
+    model_options: ClassVar[tuple[str, ...]] = ("tokenizer",)
+    no_input_reason: ClassVar[str] = "nothing to caption"
+    """The ``empty_reason`` of a row whose ``prepare`` found nothing to caption."""
+
+    @classmethod
+    def preflight(cls, config: CaptionerConfig) -> None:
+        """The checkpoint must be a local file (no hub hosts VAST's captioners), the tokenizer resolvable."""
+        from vast.captioners.hub import ModelMissing, captioner_source
+
+        where = f"stages.{cls.name}.options.checkpoint"
+        if not config.checkpoint or not config.tokenizer:
+            raise ModelMissing(f"{cls.name}: set options.checkpoint and options.tokenizer")
+        if not Path(config.checkpoint).exists():
+            raise ModelMissing(f"{where}: {config.checkpoint} does not exist. {captioner_source(cls.name)}")
+        super().preflight(config)
 
     def __init__(self, config: CaptionerConfig | None = None):
         super().__init__(config)
         c: CaptionerConfig = self.config
         if not c.checkpoint or not c.tokenizer:
-            raise ValueError(f"{self.name}: set options.checkpoint and options.tokenizer (local paths)")
+            raise ValueError(f"{self.name}: set options.checkpoint and options.tokenizer")
         if min(c.top_k, c.num_captions, c.max_len) < 1:
             raise ValueError(f"{self.name}: top_k, num_captions and max_len must be ≥ 1")
+        from vast.captioners.hub import resolve_model
         from vast.model import GenerationConfig
         from vast.model.tasks import condition_of
 
         self.device, self.dtype = pick_device(c)
-        model, self.weights_file = load_captioner_model(c.checkpoint, c.model, c.tokenizer, c.model_overrides)
+        model, self.weights_file = load_captioner_model(c.checkpoint, c.model, resolve_model(c.tokenizer),
+                                                        c.model_overrides)
         missing = set(condition_of(self.group)) - model.modalities
         if missing:
             raise ValueError(f"{self.name}: the model in {c.checkpoint} has no {sorted(missing)} tower")
@@ -238,6 +255,8 @@ class VASTCaptioner(ModelStage):
             elif x is not None:
                 todo.append(i)
                 inputs.append(x)
+            else:
+                results[i] = {field: [], EMPTY_REASON: self.no_input_reason}
         if not todo:
             return results
         keys = [str(rows[i]["key"]) for i in todo]
@@ -256,7 +275,9 @@ class VisionCaptioner(VASTCaptioner):
     name = "vision_caption"
     Config = VisionCaptionerConfig
     fields = ("vision_cap",)
+    empty = {"vision_cap": []}
     needs = ("frames",)
+    inputs = ("mp4",)
     group = "tv"
     input_key = "frames"
 

@@ -3,14 +3,29 @@
 Nothing is downloaded: each committed sample is unpacked from its tar (mp4, flac, json), frames
 are decoded from the clip for the stages that need them, the chosen stages recompute their
 fields (``overwrite``: that is the point of re-annotating — a new fusion prompt, a better
-captioner), every other field is carried over unchanged, and the rows are committed like ingest
-commits them. Resumable the same way: a sample settled in the new output is not redone.
+captioner), and the rows are committed like ingest commits them. Resumable the same way: a
+sample settled in the new output is not redone.
+
+**Lineage.** Everything a chosen stage does not recompute is carried over unchanged: the
+sample's key, ``request``, ``input``, span, clip facts, ``meta``, media bytes, the other fields
+and their provenance. A stage reads fields other stages write (``ModelStage.inputs``: fusion
+reads ``vision_cap``, ``audio_cap`` and ``subtitle``), so recomputing one outdates its
+dependents. ``dependents`` decides what happens to them:
+
+- ``rerun`` (default): the config's stages that depend on a chosen stage, directly or through
+  another dependent, run too (``--stage subtitle`` re-fuses ``vast_cap`` from the new subtitle);
+- ``stale``: they are not run; their fields keep their values and each field's provenance gets
+  ``stale``: which recomputed input outdated it and the command that refreshes it. The summary
+  lists them (``summary["stale"]``).
+
+A dependent that the config does not define cannot be re-run: its fields are marked stale either way.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -31,22 +46,35 @@ from vast.shards.schema import ANNOTATION_FIELDS
 from vast.shards.store import OutputStore
 
 FETCH_STAGES = ("fetch", "media")
-CLIP_INFO = ("duration", "fps", "width", "height", "has_audio", "audio_missing", "num_frames", "frame_times")
 
 
-def annotate(shards: str, cfg: IngestConfig, stages: list[str] | None = None) -> dict[str, Any]:
-    """Re-run ``stages`` (default: every annotation stage of ``cfg``) over the samples in ``shards``."""
+DEPENDENTS = ("rerun", "stale")
+
+
+def annotate(shards: str, cfg: IngestConfig, stages: list[str] | None = None,
+             dependents: str = "rerun") -> dict[str, Any]:
+    """Re-run ``stages`` (default: every annotation stage of ``cfg``) over the samples in ``shards``;
+    ``dependents`` (``rerun`` or ``stale``): what happens to the fields computed from theirs."""
     if OutputStore(shards).url == OutputStore(cfg.output).url:
         raise ConfigError("annotate writes new shards: --output must differ from the input directory")
+    if dependents not in DEPENDENTS:
+        raise ConfigError(f"--dependents must be one of {', '.join(DEPENDENTS)}, got {dependents!r}")
     chosen = stages or [s for s in cfg.stages if s not in FETCH_STAGES]
     bad = [s for s in chosen if s in FETCH_STAGES or s not in cfg.stages]
     if bad or not chosen:
         offered = [s for s in cfg.stages if s not in FETCH_STAGES]
         raise ConfigError(f"cannot annotate with stage(s) {bad or chosen}: choose among {offered} "
                           "(the config's annotation stages)")
+    downstream, stale = dependent_stages(chosen, cfg, rerun=dependents == "rerun", shards=shards)
+    run = [name for name in cfg.stages if name in chosen or name in downstream]  # the config's order
     media = stage_config("media", cfg.stages["media"].options) if "media" in cfg.stages else MediaConfig()
-    run_cfg = dataclasses.replace(cfg, stages={name: _overwriting(name, cfg.stages[name]) for name in chosen})
-    need_frames = any("frames" in getattr(stage_class(name), "needs", ()) for name in chosen)
+    run_cfg = dataclasses.replace(cfg, stages={name: _overwriting(name, cfg.stages[name]) for name in run})
+    need_frames = any("frames" in getattr(stage_class(name), "needs", ()) for name in run)
+    if downstream:
+        print(f"annotate: also re-running {', '.join(downstream)}: computed from what {', '.join(chosen)} "
+              "recomputes (--dependents stale keeps them and marks them stale)", file=sys.stderr)
+    for field, why in stale.items():
+        print(f"annotate: NOTE {field} is marked stale: {why}", file=sys.stderr)
 
     source = read_ledger(OutputStore(shards))
     ok = source.filter(pc.equal(source["status"], "ok")).select(["key", "shard"]).sort_by("shard")
@@ -55,8 +83,38 @@ def annotate(shards: str, cfg: IngestConfig, stages: list[str] | None = None) ->
         todo = ok.filter(pc.invert(pc.is_in(ok["key"], state.done_requests)))
         return todo, ok.num_rows
 
-    unpack = Prepare(fn=_Unpacker(shards, need_frames, media.num_frames, media.frame_size), batch_size=16)
-    return run_job(run_cfg, plan, prepare=unpack)
+    unpacker = _Unpacker(shards, need_frames, media.num_frames, media.frame_size, stale)
+    unpack = Prepare(fn=unpacker, batch_size=16)
+    summary = run_job(run_cfg, plan, prepare=unpack)
+    if stale:
+        summary["stale"] = stale
+    return summary
+
+
+def dependent_stages(chosen: list[str], cfg: IngestConfig, rerun: bool, shards: str = "SHARDS"
+                     ) -> tuple[list[str], dict[str, str]]:
+    """The stages of ``cfg`` computed from the fields ``chosen`` recompute (directly or not), to re-run
+    (``rerun``), and the fields left stale, each with the reason and the command that refreshes it."""
+    from vast.pipeline.stage import STAGES
+
+    produced = {f for name in chosen for f in getattr(stage_class(name), "fields", ())}
+    downstream: list[str] = []
+    stale: dict[str, str] = {}
+    for name in STAGES:  # registry order is the data flow: captioners, subtitle, then fusion
+        cls = stage_class(name)
+        if name in chosen or not set(getattr(cls, "inputs", ())) & produced:
+            continue
+        outdated = sorted(set(cls.inputs) & produced)
+        produced |= set(cls.fields)
+        if rerun and name in cfg.stages:
+            downstream.append(name)
+            continue
+        fix = (f"vast-pipeline annotate {shards} NEW --stage {name}" if name in cfg.stages
+               else f"a config with a {name} stage")
+        for field in cls.fields:
+            stale[field] = (f"computed from {', '.join(outdated)}, which annotate recomputed; "
+                            f"refresh with: {fix}")
+    return downstream, stale
 
 
 def _overwriting(name: str, spec: Any) -> Any:
@@ -67,11 +125,14 @@ def _overwriting(name: str, spec: Any) -> Any:
 
 
 class _Unpacker:
-    """(key, shard) rows → full pipeline rows, reading each shard once per batch."""
+    """(key, shard) rows → full pipeline rows, reading each shard once per batch; fields in ``stale``
+    get the reason in their provenance."""
 
-    def __init__(self, shards: str, need_frames: bool, num_frames: int, frame_size: int):
+    def __init__(self, shards: str, need_frames: bool, num_frames: int, frame_size: int,
+                 stale: dict[str, str] | None = None):
         self.shards, self.need_frames = shards, need_frames
         self.num_frames, self.frame_size = num_frames, frame_size
+        self.stale = stale or {}
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         store = OutputStore(self.shards)
@@ -86,22 +147,29 @@ class _Unpacker:
 
     def _row(self, key: str, members: dict[str, bytes]) -> dict[str, Any]:
         meta = json.loads(members["json"]) if "json" in members else {}
+        span = meta.get("span") or [np.nan, np.nan]
+        # the sample's own facts, carried as they are: the writer rebuilds the json from these columns
         row: dict[str, Any] = {
-            "request": key, "key": key, "input": meta.get("input", ""), "video_id": meta.get("video_id", ""),
-            "source": meta.get("url", ""), "start": (meta.get("span") or [np.nan, np.nan])[0],
-            "end": (meta.get("span") or [np.nan, np.nan])[1], "meta": json.dumps(meta.get("meta", {})),
-            "skip_keys": [], "n_clips": 1, "status": "ok", "error_class": "", "message": "", "stage": "",
+            "request": meta.get("request", key), "key": key, "input": meta.get("input", ""),
+            "video_id": meta.get("video_id", ""), "source": meta.get("url", ""),
+            "start": np.nan if span[0] is None else span[0], "end": np.nan if span[1] is None else span[1],
+            "meta": json.dumps(meta.get("meta", {})), "skip_keys": [], "n_clips": 1, "status": "ok",
+            "error_class": "", "message": "", "stage": "",
             "mp4": members.get("mp4", b""), "flac": members.get("flac", b""),
             "source_info": json.dumps(meta.get("source_info", {})),
-            "clip_info": json.dumps({k: meta.get(k) for k in CLIP_INFO}),
+            "clip_info": json.dumps({k: v for k, v in meta.items() if k not in ANNOTATION_FIELDS}),
         }
         for name in ANNOTATION_FIELDS:
             if name in meta:
                 value = meta[name]
+                if name == "provenance" and self.stale:
+                    value = {f: {**rec, "stale": self.stale[f]} if f in self.stale else rec
+                             for f, rec in value.items()}
                 row[name] = json.dumps(value) if name in ("provenance", "subtitle_segments") else value
-        if "mp4" not in members or "json" not in members:
+        video = bool(meta.get("num_frames"))  # audio-only samples have no mp4 member
+        if "json" not in members or (video and "mp4" not in members):
             return fail(row, "decode_error", f"sample {key} is incomplete in its shard", "annotate")
-        if self.need_frames:
+        if self.need_frames and video:
             try:
                 with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
                     f.write(members["mp4"])

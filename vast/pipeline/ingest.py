@@ -22,6 +22,7 @@ from vast.pipeline.config import IngestConfig
 from vast.pipeline.graph import Prepare, run_graph
 from vast.pipeline.inputs import REQUEST_SCHEMA, Requests, read_inputs
 from vast.pipeline.progress import Progress
+from vast.pipeline.stage import preflight
 from vast.shards.ledger import RESUME_COLUMNS, ResumeState, read_ledger, resume_state
 from vast.shards.store import OutputStore
 from vast.shards.summary import summarize
@@ -99,6 +100,7 @@ def run_job(cfg: IngestConfig, plan: Callable[[OutputStore, ResumeState], tuple[
     """Lock the output, drop debris of interrupted commits, plan against the committed ledger,
     commit rejected input lines, run the graph and write the summary."""
     started = time.time()
+    preflight(cfg.stages)  # every model on this machine, before the output is touched or Ray starts
     store = OutputStore(cfg.output)
     lock = store.lock()
     try:

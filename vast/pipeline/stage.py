@@ -159,6 +159,18 @@ def stage_class(name: str) -> type[Stage]:
     return getattr(importlib.import_module(module), cls)
 
 
+def preflight(stages: dict[str, Any]) -> None:
+    """Run each stage class's ``preflight(config)`` (if it has one) in the driver, before any Ray work:
+    a missing model is one clear ``ConfigError``, not a stack trace from inside an actor.
+
+    ``stages`` maps stage names to their run specs (anything with ``options``).
+    """
+    for name, spec in stages.items():
+        check = getattr(stage_class(name), "preflight", None)
+        if check is not None:
+            check(stage_config(name, spec.options))
+
+
 def stage_config(name: str, options: dict[str, Any]) -> Any:
     """Build stage ``name``'s config dataclass from its options (validated)."""
     from vast.config import from_dict
