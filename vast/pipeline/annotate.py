@@ -91,7 +91,9 @@ class _Unpacker:
             "source": meta.get("url", ""), "start": (meta.get("span") or [np.nan, np.nan])[0],
             "end": (meta.get("span") or [np.nan, np.nan])[1], "meta": json.dumps(meta.get("meta", {})),
             "skip_keys": [], "n_clips": 1, "status": "ok", "error_class": "", "message": "", "stage": "",
-            "mp4": members.get("mp4", b""), "flac": members.get("flac", b""),
+            # placeholder tracks (vast.shards.schema) are no media to annotate
+            "mp4": members.get("mp4", b"") if meta.get("has_video", True) else b"",
+            "flac": members.get("flac", b"") if meta.get("has_audio", True) else b"",
             "source_info": json.dumps(meta.get("source_info", {})),
             "clip_info": json.dumps({k: meta.get(k) for k in CLIP_INFO}),
         }
@@ -101,7 +103,7 @@ class _Unpacker:
                 row[name] = json.dumps(value) if name in ("provenance", "subtitle_segments") else value
         if "mp4" not in members or "json" not in members:
             return fail(row, "decode_error", f"sample {key} is incomplete in its shard", "annotate")
-        if self.need_frames:
+        if self.need_frames and row["mp4"]:
             try:
                 with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
                     f.write(members["mp4"])
