@@ -199,17 +199,29 @@ def label(folder: str, output: str, config: str = "demo", meta: str | None = Non
     return 0
 
 
-def export(output: str, path: str) -> int:
-    """Write the committed samples' annotations as VAST-27M-format JSON.
+def export(output: str, dest: str, format: str = "vast27m") -> int:
+    """Export the committed samples for other tools: VAST-27M annotation JSON, or upstream VAST's layout.
 
     Args:
         output: the output directory or URL of an ingest
-        path: the JSON file to write (records: id, url, begin_s, end_s, begin_t, end_t, vision_cap,
-            audio_cap, subtitle, vast_cap)
+        dest: the JSON file (vast27m) or the folder (upstream) to write
+        format: vast27m (VAST-27M annotation records) or upstream (the layout upstream VAST's loaders read)
     """
-    from vast.shards.vast27m import export_vast27m
+    if format == "vast27m":
+        from vast.shards.vast27m import export_vast27m
 
-    print(f"{export_vast27m(output, path)} record(s) → {path}")
+        print(f"{export_vast27m(output, dest)} record(s) → {dest}")
+    elif format == "upstream":
+        from vast.shards.upstream import export_upstream
+
+        counts = export_upstream(output, dest)
+        print(f"{counts['records']} record(s), {counts['videos']} video(s), {counts['audios']} audio file(s) "
+              f"→ {dest}")
+        if counts["uncaptioned"]:
+            print(f"{counts['uncaptioned']} sample(s) without an omni-caption (vast_cap) left out: "
+                  "add one with `vast-pipeline annotate OUT NEW --stage fusion`", file=sys.stderr)
+    else:
+        raise ConfigError(f"unknown export format {format!r}: choose vast27m or upstream")
     return 0
 
 

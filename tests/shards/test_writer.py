@@ -1,10 +1,13 @@
 import json
 import math
+import subprocess
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import webdataset as wds
 
+from tests.shards.probe import audio_samples, video_frames
 from vast.shards.ledger import read_ledger
 from vast.shards.store import OutputStore
 from vast.shards.writer import ShardWriter
@@ -35,11 +38,12 @@ def test_commit_is_readable_by_plain_webdataset_with_manifest_and_ledger(tmp_pat
     samples = list(wds.WebDataset(str(tmp_path / "out" / "shard-000007.tar"), shardshuffle=False))
     assert [s["__key__"] for s in samples] == ["a_1000_6000", "b_1000_6000"]
     a, b = samples
-    assert set(a) >= {"mp4", "flac", "json"} and "txt" not in a
-    assert "flac" not in b and b["txt"] == b"a dog barks"
+    assert a["flac"] == b"fLaC-bytes" and a["txt"] == b""  # no omni-caption: an empty txt
+    assert b["txt"] == b"a dog barks"
     meta = json.loads(a["json"])
     assert meta["span"] == [1.0, 6.0] and meta["meta"] == {"label": "cat"}
     assert meta["frame_times"] == [1.25, None]  # NaN is not JSON: null
+    assert meta["audio_missing"] == "" and meta["vision_cap"] == [] and meta["provenance"] == {}
     assert json.loads(b["json"])["audio_missing"] == "no audio stream"
     manifest = pq.read_table(tmp_path / "out" / "shard-000007.parquet").to_pylist()
     assert [m["key"] for m in manifest] == ["a_1000_6000", "b_1000_6000"]
@@ -47,6 +51,37 @@ def test_commit_is_readable_by_plain_webdataset_with_manifest_and_ledger(tmp_pat
     failed = read_ledger(OutputStore(out)).to_pylist()[-1]
     assert (failed["key"], failed["error_class"], failed["message"]) == ("c_1000_6000", "network",
                                                                           "Connection refused")
+
+
+def test_every_sample_has_the_same_members_and_json_types(tmp_path):
+    """A silent clip and an audio-only item carry placeholders that decode to the clip's length."""
+    audio_only = clip_row("snd_0_3000", flac=_tone_flac(tmp_path, 3.0))
+    audio_only.update(mp4=b"", start=0.0, end=3.0, frames=np.zeros((0, 8, 8, 3), np.uint8),
+                      clip_info=json.dumps({"duration": 3.0, "fps": None, "width": 0, "height": 0,
+                                            "num_frames": 0, "frame_times": []}))
+    silent = clip_row("b_1000_6000", flac=b"")
+    ShardWriter(str(tmp_path)).commit([clip_row("a_1000_6000"), silent, audio_only], 0)
+    tar = str(tmp_path / "shard-000000.tar")
+    samples = {s["__key__"]: s for s in wds.WebDataset(tar, shardshuffle=False)}
+    assert {frozenset(k for k in s if not k.startswith("__")) for s in samples.values()} == {
+        frozenset({"mp4", "flac", "json", "txt"})}
+    infos = {k: json.loads(s["json"]) for k, s in samples.items()}
+    assert len({tuple(i) for i in infos.values()}) == 1  # one key set, in one order
+    for name in infos["a_1000_6000"]:  # one JSON type per field
+        assert len({type(i[name]) for i in infos.values()}) == 1, name
+    assert (infos["b_1000_6000"]["has_audio"], infos["snd_0_3000"]["has_video"]) == (False, False)
+    assert infos["snd_0_3000"]["fps"] == 0.0 and infos["snd_0_3000"]["video_missing"]
+
+    silence = audio_samples(samples["b_1000_6000"]["flac"])
+    assert len(silence) == 5 * 16000 and not silence.any()
+    assert video_frames(samples["snd_0_3000"]["mp4"]) == (75, 25)  # round(3.0 s × 25 fps) black frames
+
+
+def _tone_flac(tmp_path, seconds):
+    path = tmp_path / "tone.flac"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"sine=d={seconds}", "-ar", "16000",
+                    str(path)], check=True)
+    return path.read_bytes()
 
 
 def test_a_crash_before_the_ledger_part_leaves_nothing_visible(tmp_path):
@@ -73,3 +108,22 @@ def test_recommitting_the_same_batch_replaces_it(tmp_path):
     ShardWriter(out).commit(rows, 3)  # a retried Ray task writes the same number
     assert read_ledger(OutputStore(out)).num_rows == 1
     assert len(list((tmp_path / "out").glob("*.tar"))) == 1
+
+
+@pytest.mark.slow
+def test_every_clip_of_a_run_lasts_exactly_its_keyed_span(corpus):
+    """mp4: round(duration × fps) frames; flac: round(duration × 16000) samples; duration from the key."""
+    kinds = set()
+    for tar in sorted(corpus.output.glob("shard-*.tar")):
+        for s in wds.WebDataset(str(tar), shardshuffle=False):
+            _, start_ms, end_ms = s["__key__"].rsplit("_", 2)
+            seconds = (int(end_ms) - int(start_ms)) / 1000
+            frames, fps = video_frames(s["mp4"])
+            assert frames == round(seconds * fps), (s["__key__"], frames, fps)
+            assert len(audio_samples(s["flac"])) == round(seconds * 16000), s["__key__"]
+            info = json.loads(s["json"])
+            assert info["duration"] == seconds
+            if info["has_video"]:
+                assert info["num_frames"] == frames
+            kinds.add((info["has_video"], info["has_audio"]))
+    assert kinds == {(True, True), (True, False), (False, True)}  # placeholders follow the rule too

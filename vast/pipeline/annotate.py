@@ -155,7 +155,9 @@ class _Unpacker:
             "start": np.nan if span[0] is None else span[0], "end": np.nan if span[1] is None else span[1],
             "meta": json.dumps(meta.get("meta", {})), "skip_keys": [], "n_clips": 1, "status": "ok",
             "error_class": "", "message": "", "stage": "",
-            "mp4": members.get("mp4", b""), "flac": members.get("flac", b""),
+            # placeholder tracks (vast.shards.schema) are no media to annotate
+            "mp4": members.get("mp4", b"") if meta.get("has_video", True) else b"",
+            "flac": members.get("flac", b"") if meta.get("has_audio", True) else b"",
             "source_info": json.dumps(meta.get("source_info", {})),
             "clip_info": json.dumps({k: v for k, v in meta.items() if k not in ANNOTATION_FIELDS}),
         }
@@ -169,7 +171,7 @@ class _Unpacker:
         video = bool(meta.get("num_frames"))  # audio-only samples have no mp4 member
         if "json" not in members or (video and "mp4" not in members):
             return fail(row, "decode_error", f"sample {key} is incomplete in its shard", "annotate")
-        if self.need_frames and video:
+        if self.need_frames and row["mp4"]:
             try:
                 with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
                     f.write(members["mp4"])

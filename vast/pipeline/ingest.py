@@ -23,6 +23,7 @@ from vast.pipeline.graph import Prepare, run_graph
 from vast.pipeline.inputs import REQUEST_SCHEMA, Requests, read_inputs
 from vast.pipeline.progress import Progress
 from vast.pipeline.stage import preflight
+from vast.shards.card import write_card
 from vast.shards.ledger import RESUME_COLUMNS, ResumeState, read_ledger, resume_state
 from vast.shards.store import OutputStore
 from vast.shards.summary import summarize
@@ -98,7 +99,7 @@ def _run(cfg: IngestConfig, requests: pa.Table, rejected: pa.Table | None, save_
 def run_job(cfg: IngestConfig, plan: Callable[[OutputStore, ResumeState], tuple[pa.Table, int]],
             rejected: pa.Table | None = None, prepare: Prepare | None = None) -> dict[str, Any]:
     """Lock the output, drop debris of interrupted commits, plan against the committed ledger,
-    commit rejected input lines, run the graph and write the summary."""
+    commit rejected input lines, run the graph and write the summary (and the dataset card)."""
     started = time.time()
     preflight(cfg.stages)  # every model on this machine, before the output is touched or Ray starts
     store = OutputStore(cfg.output)
@@ -107,6 +108,7 @@ def run_job(cfg: IngestConfig, plan: Callable[[OutputStore, ResumeState], tuple[
         removed = store.clean_uncommitted()
         if removed:
             print(f"removed {len(removed)} file(s) of an interrupted commit", file=sys.stderr)
+        write_card(store)  # the folder loads as a dataset from the first commit on, crash or not
         state = resume_state(read_ledger(store, RESUME_COLUMNS))
         todo, total = plan(store, state)
         next_commit = max(store.committed_numbers(), default=-1) + 1
@@ -127,6 +129,7 @@ def run_job(cfg: IngestConfig, plan: Callable[[OutputStore, ResumeState], tuple[
         if cfg.notice:
             summary["notice"] = cfg.notice
         store.write_bytes("summary.json", _json(summary))
+        write_card(store, summary)
         return summary
     finally:
         lock.close()

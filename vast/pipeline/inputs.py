@@ -5,11 +5,16 @@ Accepted files:
   YouTube or other http(s) URL, a local path (relative paths are taken from the input file's
   folder) or a ``file://`` URL; START/END in seconds or ``[HH:]MM:SS(.mmm)``; blank lines and
   ``#`` comments are ignored.
-- ``.csv``, ``.jsonl``, ``.parquet``, ``.json`` (a list of records): columns ``video_id`` or ``url``
-  (or both), optional ``start``/``end``; every other column is passed through into the sample's
-  json (``meta``). VAST-27M annotation records are understood as they are: ``begin_s``/``end_s``
-  (or ``begin_t``/``end_t``) are the span and ``vision_cap``, ``audio_cap``, ``subtitle``,
-  ``vast_cap`` become the sample's annotations (the annotation stages skip what is present).
+- ``.csv``, ``.jsonl``, ``.parquet``, ``.json`` (a list of records, or ``{id: record}``): columns
+  ``video_id`` or ``url`` (or both), optional ``start``/``end``; every other column is passed
+  through into the sample's json (``meta``). VAST-27M and HD-VILA annotation records are read in
+  every released form: the span from ``begin_s``/``end_s``, ``begin_t``/``end_t``,
+  ``span_start``/``span_end`` or a ``clip_span``/``span`` list; a clip id ``YOUTUBEID.N`` (``id``
+  or ``clip_id``) names its video when no URL does; an HD-VILA video record's ``clip`` list gives
+  one request per clip; ``vision_cap``, ``audio_cap``, ``subtitle``, ``vast_cap`` become the
+  sample's annotations (the annotation stages skip what is present). A record whose captions
+  could land on a clip they do not describe (no span, a span that does not parse, spans that
+  disagree, a clip id naming another video) is rejected, never cut at scene changes.
 
 A line that cannot be understood is not an exception: it becomes a rejected row naming file and
 line, committed to the ledger as ``invalid_input``. The same request twice is processed once; the
@@ -230,16 +235,94 @@ def _read_text(path: Path, out: Requests) -> None:
                 out.reject(where, f"{err} in line {raw.rstrip()!r}")
 
 
+# A clip id of the VAST-27M/HD-VILA releases: a YouTube id, a dot (or _) and the clip's index.
+_CLIP_ID = re.compile(r"^([A-Za-z0-9_-]{11})[._](\d+)$")
+# Span fields, pairs and [START, END] lists; a record may give several if they agree.
+_SPAN_PAIRS = (("start", "end"), ("begin_s", "end_s"), ("span_start", "span_end"), ("begin_t", "end_t"))
+_SPAN_LISTS = ("clip_span", "span")
+
+
 def _add_record(out: Requests, where: str, record: dict[str, Any], base: Path) -> None:
+    """One record (or, for an HD-VILA video record, each entry of its ``clip`` list) as a request."""
+    clips = record.get("clip")
+    if not isinstance(clips, list):
+        _add_clip_record(out, where, record, base)
+        return
+    video = {k: v for k, v in record.items() if k != "clip"}
+    for j, clip in enumerate(clips):
+        here = f"{where}.clip[{j}]"
+        try:
+            if not isinstance(clip, dict):
+                raise InputError(f"a clip entry must be an object, got {clip!r}"[:300])
+            _add_clip_record(out, here, {**video, **clip}, base)
+        except InputError as err:
+            out.reject(here, str(err))
+
+
+def _add_clip_record(out: Requests, where: str, record: dict[str, Any], base: Path) -> None:
     rec = {k: v for k, v in record.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
     url, vid = rec.pop("url", None), rec.pop("video_id", None)
-    start, end = rec.pop("start", None), rec.pop("end", None)
-    # VAST-27M annotation records: begin_s/end_s (seconds) or begin_t/end_t (clock times)
-    begin_s, end_s, begin_t, end_t = (rec.pop(k, None) for k in ("begin_s", "end_s", "begin_t", "end_t"))
-    if start is None and end is None:
-        start, end = (begin_s, end_s) if begin_s is not None else (begin_t, end_t)
-    if not url and not vid:
-        raise InputError(f"needs a 'video_id' or 'url' column, got {sorted(record)}")
+    clip_id = rec.get("clip_id", rec.get("id"))  # kept in meta: the export gives it back
+    named = _CLIP_ID.match(str(clip_id)) if clip_id is not None else None
+    named_video = named.group(1) if named else None
+    try:
+        start, end = _record_span(rec)
+        annotations = _record_annotations(rec)
+        if not url and not vid and not named_video:
+            raise InputError(f"needs a 'video_id' or 'url' column, or a clip id 'YOUTUBEID.N', "
+                             f"got {sorted(record)}")
+        source, yt = resolve_source(str(url or vid or named_video), base)
+        vid = vid or yt or named_video
+        if named_video and named_video not in (yt, vid):  # captions would land on another video's clip
+            raise InputError(f"clip id {clip_id!r} names video {named_video} but the record's source is "
+                             f"{url or vid}")
+        if math.isnan(start) and annotations:
+            raise InputError(f"captions ({', '.join(annotations)}) without a span: they describe one clip, "
+                             "but the whole video would be cut at scenes and each clip would carry them")
+        if math.isnan(start) and named:
+            raise InputError(f"clip id {clip_id!r} names one clip of {named_video}, "
+                             "but the record has no span")
+    except InputError as err:
+        raise InputError(f"record {clip_id!r}: {err}" if clip_id is not None else str(err)) from None
+    out.add(where, source, start, end, meta=rec or None, video_id=str(vid) if vid else None,
+            annotations=annotations or None)
+
+
+def _record_span(rec: dict[str, Any]) -> tuple[float, float]:
+    """The span a record names (its span fields popped from ``rec``); NaN, NaN for none.
+
+    Every form a release uses is read: ``start``/``end``, ``begin_s``/``end_s``, ``begin_t``/``end_t``,
+    ``span_start``/``span_end`` and ``clip_span``/``span`` lists, in seconds or clock times. Forms
+    that disagree by more than a millisecond are an error, not a choice.
+    """
+    spans: dict[str, tuple[float, float]] = {}
+    for a, b in _SPAN_PAIRS:
+        if a in rec or b in rec:
+            spans[f"{a}/{b}"] = _span(rec.pop(a, None), rec.pop(b, None))
+    for name in _SPAN_LISTS:
+        if name in rec:
+            value = rec.pop(name)
+            if isinstance(value, str) and value.lstrip().startswith("["):  # a list in a CSV cell
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    pass
+            if not isinstance(value, (list, tuple)) or len(value) != 2:
+                raise InputError(f"{name} must be [START, END], got {value!r}"[:300])
+            spans[name] = _span(*value)
+    spans = {k: v for k, v in spans.items() if not math.isnan(v[0])}
+    if not spans:
+        return math.nan, math.nan
+    (first, span), *others = spans.items()
+    for name, other in others:
+        if abs(other[0] - span[0]) > 0.0015 or abs(other[1] - span[1]) > 0.0015:
+            raise InputError(f"conflicting spans: {first} {span[0]:g}-{span[1]:g} s but {name} "
+                             f"{other[0]:g}-{other[1]:g} s")
+    return span
+
+
+def _record_annotations(rec: dict[str, Any]) -> dict[str, Any]:
+    """The VAST-27M captions of a record (popped from ``rec``), type-checked."""
     annotations = {}
     for name, kind in ANNOTATIONS.items():
         if name in rec:
@@ -252,11 +335,7 @@ def _add_record(out: Requests, where: str, record: dict[str, Any], base: Path) -
             if kind is str and not isinstance(value, str):
                 raise InputError(f"{name} must be a string, got {value!r}"[:300])
             annotations[name] = list(value) if kind is list else value
-    source, yt = resolve_source(str(url or vid), base)
-    vid = vid or yt
-    s, e = _span(start, end)
-    out.add(where, source, s, e, meta=rec or None, video_id=str(vid) if vid else None,
-            annotations=annotations or None)
+    return annotations
 
 
 def _read_records(path: Path, out: Requests) -> None:
@@ -280,8 +359,11 @@ def _read_records(path: Path, out: Requests) -> None:
                 records = json.load(f)
             except json.JSONDecodeError as err:
                 raise InputError(f"{path}: not valid JSON ({err})") from None
-        if isinstance(records, dict):  # {"annotations": [...]} or {id: record}
-            records = records.get("annotations", list(records.values()))
+        if isinstance(records, dict) and "annotations" in records:
+            records = records["annotations"]
+        elif isinstance(records, dict):  # {clip id: record}: the key is the record's id
+            records = [{"id": k, **v} if isinstance(v, dict) and "id" not in v and "clip_id" not in v else v
+                       for k, v in records.items()]
         if not isinstance(records, list):
             raise InputError(f"{path}: a .json input must hold a list of records")
         for i, record in enumerate(records):

@@ -14,6 +14,7 @@ import math
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
@@ -201,20 +202,30 @@ class MediaCutter(Stage):
 
     def _cut(self, src: Path, tmp: Path, start: float, end: float, probe: dict[str, Any],
              offset: float) -> dict[str, Any]:
-        """Encode one clip ([start, end] s of the media file) → mp4, flac, frames, clip_info."""
+        """Encode one clip ([start, end] s of the media file) → mp4, flac, frames, clip_info.
+
+        Both outputs last exactly the span the clip's key names: the mp4 holds
+        round(duration × fps) frames at a constant rate, the flac round(duration × audio_rate)
+        samples (``exact_length``).
+        """
         c: MediaConfig = self.config
         mp4, flac = tmp / "clip.mp4", tmp / "clip.flac"
         for stale in (mp4, flac):  # the previous clip's outputs must never be read for this one
             stale.unlink(missing_ok=True)
         if probe["video_index"] is None:
             return self._cut_audio(src, flac, start, end, probe, offset)
+        duration = _keyed_duration(start + offset, end + offset)
         src_fps = probe["fps"] or 25.0
         out_fps = min(src_fps, c.fps) if c.fps else src_fps
+        rate = Fraction(out_fps).limit_denominator(1001)  # 29.97002997… → 30000/1001, exactly
+        n_frames = max(1, round(duration * out_fps))
         height = min(c.max_height, probe["height"]) // 2 * 2
         # Same rounding as ffmpeg's scale=-2 (av_rescale rounds to nearest, then ×2).
         ih = probe["height"] or 1
         width = (height * probe["width"] + ih) // (2 * ih) * 2
-        vf = ([f"fps={c.fps:g}"] if c.fps and src_fps > c.fps else []) + [f"scale=-2:{height}"]
+        # A constant rate (fps) so the frame count fixes the length; the last frame is repeated
+        # (tpad) where the source stops a frame short of the span, and -frames:v ends the clip.
+        vf = [f"fps={rate}", f"scale=-2:{height}", "tpad=stop=-1:stop_mode=clone"]
         threads = str(c.threads)
         args = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", "-threads", threads,
                 # -ss/-t before -i: seek on the input (jump to the keyframe before the start,
@@ -222,14 +233,15 @@ class MediaCutter(Stage):
                 *(["-loop", "1", "-t", f"{end - start:.3f}"] if probe["still"] else
                   ["-ss", f"{start:.3f}", "-t", f"{end - start:.3f}"]),
                 "-i", str(src), "-filter_threads", threads,
-                "-map", f"0:{probe['video_index']}", "-vf", ",".join(vf),
+                "-map", f"0:{probe['video_index']}", "-vf", ",".join(vf), "-frames:v", str(n_frames),
                 "-c:v", "libx264", "-preset", c.preset, "-crf", str(c.crf), "-pix_fmt", "yuv420p",
                 "-g", str(max(1, round(c.gop_s * out_fps))), "-threads", threads,
                 "-movflags", "+faststart", "-map_metadata", "-1", str(mp4)]
         has_audio = probe["audio_codec"] is not None
+        n_samples = round(duration * c.audio_rate)
         if has_audio:
-            args += ["-map", "0:a:0", "-ac", "1", "-ar", str(c.audio_rate),
-                     "-c:a", "flac", "-map_metadata", "-1", str(flac)]
+            args += ["-map", "0:a:0", "-af", exact_length(c.audio_rate, n_samples), "-ac", "1",
+                     "-ar", str(c.audio_rate), "-c:a", "flac", "-map_metadata", "-1", str(flac)]
         proc = self._run(args)
         if proc.returncode != 0:
             raise SampleError("decode_error", stderr_tail(proc.stderr) or f"ffmpeg exited {proc.returncode}")
@@ -245,9 +257,11 @@ class MediaCutter(Stage):
             audio_missing = None if samples else "audio stream has no samples in this clip"
             if not samples:
                 flac_bytes = b""
+            elif samples < n_samples:  # the source's audio stops inside the clip
+                flac_bytes = self._pad_audio(flac, n_samples)
         frames, frame_times, n_frames, fps = read_frames(mp4, c.num_frames, c.frame_size, c.threads)
         info = {
-            "duration": round(n_frames / fps, 3) if fps else end - start,
+            "duration": duration,
             "fps": round(fps, 3),
             "width": width,
             "height": height,
@@ -257,6 +271,7 @@ class MediaCutter(Stage):
             "audio_missing": audio_missing,
             "audio_rate": c.audio_rate if flac_bytes else None,
             "audio_duration": round(audio_s, 3) if audio_s else None,
+            "num_frames": n_frames,
             "frame_times": [round(t, 3) for t in frame_times],
             "source": {k: probe[k] for k in ("duration", "format", "video_codec", "width", "height", "fps",
                                              "audio_codec", "audio_rate", "audio_channels")}
@@ -268,8 +283,10 @@ class MediaCutter(Stage):
                    offset: float) -> dict[str, Any]:
         """An audio-only clip: the FLAC alone (no mp4, no frames)."""
         c: MediaConfig = self.config
+        duration = _keyed_duration(start + offset, end + offset)
         args = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", "-ss", f"{start:.3f}",
-                "-t", f"{end - start:.3f}", "-i", str(src), "-map", "0:a:0", "-ac", "1",
+                "-t", f"{end - start:.3f}", "-i", str(src), "-map", "0:a:0",
+                "-af", exact_length(c.audio_rate, round(duration * c.audio_rate)), "-ac", "1",
                 "-ar", str(c.audio_rate), "-c:a", "flac", "-map_metadata", "-1", str(flac)]
         proc = self._run(args)
         if proc.returncode != 0 or not flac.exists():
@@ -278,7 +295,9 @@ class MediaCutter(Stage):
         samples = _flac_samples(flac_bytes)
         if not samples:
             raise SampleError("empty_media", "the audio clip has no samples")
-        info = {"duration": round(samples / c.audio_rate, 3), "fps": None, "width": 0, "height": 0,
+        if samples < round(duration * c.audio_rate):
+            flac_bytes = self._pad_audio(flac, round(duration * c.audio_rate))
+        info = {"duration": duration, "fps": None, "width": 0, "height": 0,
                 "video_codec": None, "has_audio": True, "audio_missing": None, "audio_rate": c.audio_rate,
                 "audio_duration": round(samples / c.audio_rate, 3), "frame_times": [], "num_frames": 0,
                 "source": {k: probe[k] for k in ("duration", "format", "audio_codec", "audio_rate",
@@ -287,12 +306,38 @@ class MediaCutter(Stage):
         return {"mp4": b"", "flac": flac_bytes, "frames": np.zeros((0, s, s, 3), np.uint8),
                 "clip_info": json.dumps(info)}
 
+    def _pad_audio(self, flac: Path, samples: int) -> bytes:
+        """The FLAC ``flac`` padded with silence to ``samples`` samples (its source audio ended early)."""
+        padded = flac.with_suffix(".padded.flac")
+        proc = self._run(["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", "-i", str(flac),
+                          "-af", f"apad=whole_len={samples}", "-c:a", "flac", "-map_metadata", "-1",
+                          str(padded)])
+        if proc.returncode != 0 or not padded.exists():
+            raise SampleError("decode_error", stderr_tail(proc.stderr) or f"ffmpeg exited {proc.returncode}")
+        return padded.read_bytes()
+
     def _run(self, args: list[str]) -> subprocess.CompletedProcess[bytes]:
         try:
             return subprocess.run(args, capture_output=True, timeout=self.config.timeout_s)
         except subprocess.TimeoutExpired:
             raise SampleError("decode_error",
                               f"{args[0]} timed out after {self.config.timeout_s:g} s") from None
+
+
+def exact_length(rate: int, samples: int) -> str:
+    """ffmpeg audio filters that resample to ``rate`` and stop after ``samples`` samples.
+
+    Resampling comes first so the count is at the output rate. A source whose audio stops early
+    gives fewer samples; ``_pad_audio`` then pads the clip with silence (ffmpeg's ``apad`` would
+    pad here too, but would also turn a clip the audio track never reaches into silence).
+    """
+    return f"aresample={rate},atrim=end_sample={samples}"
+
+
+def _keyed_duration(start: float, end: float) -> float:
+    """The length of the clip [start, end] s of the source as its key states it: whole milliseconds,
+    rounded as ``clip_key`` rounds them."""
+    return (round(end * 1000) - round(start * 1000)) / 1000
 
 
 def _audio_probe(stream: dict[str, Any], fmt: dict[str, Any]) -> dict[str, Any]:

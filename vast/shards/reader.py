@@ -415,11 +415,14 @@ def decode_sample(sample: dict[str, Any], spec: DecodeSpec, rng: random.Random) 
         raise CorruptSample(f"sample {sample.get('__key__')!r}: bad json: {e}") from None
     txt = sample["txt"].decode("utf-8", "replace") if "txt" in sample else None
     out = texts(info, txt, spec.train, rng)
+    # placeholder tracks (black frames, silence: vast.shards.schema) count as missing
+    if spec.video and not info.get("has_video", True):
+        raise CorruptSample(f"sample {sample.get('__key__')!r} has no video (an audio-only item)")
     if spec.video:
         out["frames"] = decode_frames(sample["mp4"], spec.num_frames, spec.image_size, spec.train, rng,
                                       spec.transforms, spec.antialias)
     if spec.num_audio_clips > 0:
-        wav = decode_flac(sample["flac"]) if sample.get("flac") else None
+        wav = decode_flac(sample["flac"]) if sample.get("flac") and info.get("has_audio", True) else None
         out["audio"] = audio_slices(wav, spec.num_audio_clips, spec.train, rng, spec.mel_bins)
     return out
 

@@ -1,6 +1,7 @@
 """``ShardWriter``: commit one batch of pipeline rows as one numbered, atomic commit.
 
-A commit writes ``shard-NNNNNN.tar`` (the ok samples), ``shard-NNNNNN.parquet`` (their manifest)
+A commit writes ``shard-NNNNNN.tar`` (the ok samples, each with the members of
+``vast.shards.schema``), ``shard-NNNNNN.parquet`` (their manifest)
 and finally ``ledger/part-NNNNNN.parquet`` (every row: ok and failed), each atomically; the
 ledger part is the commit record (see ``vast.shards.store``). Writing the same batch twice under
 the same number (a retried Ray task) replaces identical files, so a retry never duplicates.
@@ -9,8 +10,6 @@ the same number (a retried Ray task) replaces identical files, so a retry never 
 from __future__ import annotations
 
 import io
-import json
-import math
 import os
 import tarfile
 import tempfile
@@ -20,7 +19,8 @@ from typing import Any
 import pyarrow as pa
 
 from vast.shards.ledger import ledger_row, ledger_table
-from vast.shards.schema import MANIFEST_SCHEMA, manifest_row, sample_json
+from vast.shards.placeholder import black_mp4, silent_flac
+from vast.shards.schema import AUDIO_RATE, MANIFEST_SCHEMA, json_bytes, manifest_row, sample_json
 from vast.shards.store import OutputStore
 
 
@@ -46,19 +46,12 @@ class ShardWriter:
             with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:
                 for row in ok:
                     sample = sample_json(row)
-                    members = {"json": _json_bytes(sample)}
-                    if row.get("mp4"):  # audio-only samples (a labelled audio folder) have none
-                        members["mp4"] = bytes(row["mp4"])
-                    if row.get("flac"):
-                        members["flac"] = bytes(row["flac"])
-                    if sample.get("vast_cap"):
-                        members["txt"] = str(sample["vast_cap"]).encode()
+                    members = sample_members(row, sample)
                     for ext, data in members.items():
                         _add_member(tf, f"{row['key']}.{ext}", data, mtime)
                     nbytes = sum(len(d) for d in members.values())
-                    flac_bytes = len(members.get("flac", b""))
-                    manifest.append(manifest_row(sample, tar, len(members.get("mp4", b"")), flac_bytes))
-                    ledger.append(ledger_row(row, number, tar, float(sample["duration"] or 0.0), nbytes))
+                    manifest.append(manifest_row(sample, tar, len(members["mp4"]), len(members["flac"])))
+                    ledger.append(ledger_row(row, number, tar, sample["duration"], nbytes))
             self.store.put_file(tmp, tar)
             self.store.write_parquet(tar.replace(".tar", ".parquet"),
                                      pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA))
@@ -68,21 +61,15 @@ class ShardWriter:
         return table
 
 
-def _json_bytes(sample: dict[str, Any]) -> bytes:
-    return json.dumps(_plain(sample), ensure_ascii=False, allow_nan=False).encode()
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready copy: numpy values to Python, NaN to null (strict JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "tolist"):
-        return _plain(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+def sample_members(row: dict[str, Any], sample: dict[str, Any]) -> dict[str, bytes]:
+    """The four members of a sample (``vast.shards.schema``): a missing track becomes its placeholder."""
+    duration = sample["duration"]
+    return {
+        "json": json_bytes(sample),
+        "mp4": bytes(row["mp4"]) if sample["has_video"] else black_mp4(duration),
+        "flac": bytes(row["flac"]) if sample["has_audio"] else silent_flac(duration, AUDIO_RATE),
+        "txt": sample["vast_cap"].encode(),
+    }
 
 
 def _add_member(tf: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
