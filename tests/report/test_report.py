@@ -260,7 +260,8 @@ def test_annotate_report_shows_which_model_and_prompt_made_each_field(corpus, tm
     printed = run_cli([
         "annotate", str(corpus.output), str(again), "--config", "demo", "--stage", "subtitle",
         "--stage", "fusion", "--no-progress", "--report", "--stages.subtitle.options.model", str(whisper),
-        "--stages.fusion.options.model", str(lm), "--stages.fusion.options.prompt", "omni-v1",
+        "--stages.subtitle.options.backend", "openai", "--stages.fusion.options.model", str(lm),
+        "--stages.fusion.options.prompt", "omni-v1",
         "--ray.num_cpus", "2", "--ray.object_store_mb", "400"])
     index = again / "report" / "index.html"
     assert f"report   {index.resolve()}" in printed.splitlines()

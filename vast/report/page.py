@@ -132,10 +132,13 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def _figure(name: str, title: str, svg: str | None, data: str, empty: str = "") -> str:
+def _figure(name: str, title: str, svg: str | None, data: str, empty: str = "", numbers: bool = False) -> str:
+    """A figure with its numbers folded under it; without a plot, the ``empty`` line (and the numbers
+    when ``numbers`` says they still tell something)."""
     if svg is None:
+        shown = f"<details><summary>numbers</summary>{data}</details>" if numbers else ""
         return (f'<figure id="fig-{name}"><figcaption>{_e(title)}</figcaption>'
-                f'<p class="empty">{_e(empty)}</p></figure>')
+                f'<p class="empty">{_e(empty)}</p>{shown}</figure>')
     uri = "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
     return (f'<figure id="fig-{name}"><figcaption>{_e(title)}</figcaption><img alt="{_e(title)}" src="{uri}">'
             f"<details><summary>numbers</summary>{data}</details></figure>")
@@ -177,7 +180,8 @@ def _figures(s: CorpusStats) -> str:
         _table("captions", ["field", "samples with it", "of them empty", "captions", "median words"],
                [f"<tr><td>{_e(k)}</td>{_n(c.rows)}{_n(c.empty_rows)}{_n(c.captions)}"
                 f"<td class=\"n\">{_median(c.words)}</td></tr>" for k, c in s.captions.items()]),
-        "no captions (no annotation stage ran)"))
+        "every caption is empty" if s.captions else "no captions (no annotation stage ran)",
+        numbers=bool(s.captions)))
     figs.append(_figure(
         "throughput", "Throughput over time", figures.throughput(s.commits, s.runs) if s.commits else None,
         _table("throughput", ["commit", "time", "ok", "failed"],

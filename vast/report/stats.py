@@ -206,15 +206,18 @@ def _add_manifest(table: pa.Table, stats: CorpusStats, languages: dict[str, int]
         with_audio = int(pc.sum(pc.cast(pc.fill_null(has, False), pa.int64())).as_py() or 0)
         stats.audio["with audio"] += with_audio
         stats.audio["without audio"] += n - has.null_count - with_audio
+    # samples carry every field typed, empty or not: provenance says which stage actually ran on a row
+    made = _provenance_keys(table)
     speech = pa.array(np.zeros(n, bool))
     if "subtitle" in table.column_names:
         sub = table["subtitle"].combine_chunks()
-        spoken = pc.not_equal(pc.utf8_trim_whitespace(sub), "")
-        speech = pc.fill_null(spoken, False)
+        transcribed = _made(made, "subtitle", sub)
+        speech = pc.and_(pc.fill_null(pc.not_equal(pc.utf8_trim_whitespace(sub), ""), False), transcribed)
         spoken_count = int(pc.sum(pc.cast(speech, pa.int64())).as_py() or 0)
+        done = int(pc.sum(pc.cast(transcribed, pa.int64())).as_py() or 0)
         stats.speech["speech"] += spoken_count
-        stats.speech["no speech"] += n - sub.null_count - spoken_count
-        stats.speech["not transcribed"] += sub.null_count
+        stats.speech["no speech"] += done - spoken_count
+        stats.speech["not transcribed"] += n - done
     else:
         stats.speech["not transcribed"] += n
     if "subtitle_language" in table.column_names:
@@ -224,12 +227,37 @@ def _add_manifest(table: pa.Table, stats: CorpusStats, languages: dict[str, int]
             languages[label] = languages.get(label, 0) + count
     for name in CAPTION_FIELDS:
         if name in table.column_names:
-            _add_captions(stats.captions.setdefault(name, CaptionStats()), table[name].combine_chunks())
+            column = table[name].combine_chunks()
+            ran = _made(made, name, column)
+            if pc.any(ran).as_py():
+                _add_captions(stats.captions.setdefault(name, CaptionStats()), column.filter(ran))
     if "provenance" in table.column_names:
         for text, count in _counts(table["provenance"].drop_null()).items():
             for fld, label in provenance_labels(text).items():
                 per = stats.provenance.setdefault(fld, {})
                 per[label] = per.get(label, 0) + count
+
+
+def _provenance_keys(table: pa.Table) -> list[frozenset[str]] | None:
+    """The fields each row's provenance has a record for (None without a provenance column)."""
+    if "provenance" not in table.column_names:
+        return None
+    return [frozenset() if text is None else _record_keys(text) for text in table["provenance"].to_pylist()]
+
+
+def _made(made: list[frozenset[str]] | None, name: str, column: pa.Array) -> pa.Array:
+    """Rows whose ``name`` a stage (or an import) produced; without provenance, its non-null rows."""
+    if made is None:
+        return pc.is_valid(column)
+    return pa.array([name in keys for keys in made], pa.bool_())
+
+
+def _record_keys(text: str) -> frozenset[str]:
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        return frozenset()
+    return frozenset(record) if isinstance(record, dict) else frozenset()
 
 
 def _add_captions(acc: CaptionStats, column: pa.Array) -> None:
