@@ -17,8 +17,10 @@ REPO = "test-org/tiny-lm"
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vast.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", **env}, timeout=300)
+    # online against the local hub whatever the test process has set (the datasets tests go offline)
+    env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "0", **env}
+    return subprocess.run([sys.executable, "-m", "vast.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
 
 
 CHUNK = 10 * 2**20  # huggingface_hub keeps what it received in 10 MiB chunks: a resume starts at one
