@@ -17,8 +17,9 @@ driver, Ray's GCS, raylet, agents, workers, every ffmpeg/ffprobe), read from a f
 side starts in (cgroup v2 ``cpu.stat``, or v1 ``cpuacct``; so it needs root): exact, and not
 distorted by other load on the machine (wall time is). ``RUSAGE_CHILDREN`` would not do: raylet
 reaps its workers without accounting them. This script is the tree's subreaper, so nothing
-outlives a run unseen. The HTTP server runs in this process and counts for neither side. A sampler of /proc attributes ours to driver / Ray daemons / Ray workers
-(Python) / their children (ffmpeg, ffprobe: the rest).
+outlives a run unseen. The HTTP server runs in this process and counts for neither side. A sampler
+of /proc attributes ours to driver / Ray daemons / Ray workers (Python) / their children (ffmpeg,
+ffprobe: the rest).
 
 Figures per clip count (median of ``--repeat`` interleaved runs): CPU s of each side, ours/floor,
 clips per CPU second; start-up = CPU of ours on one clip minus the floor's CPU per clip; the fixed
@@ -34,7 +35,6 @@ import argparse
 import ctypes
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -78,10 +78,14 @@ def make_sources(cache: Path) -> list[tuple[Path, float]]:
 
 
 def write_plan(work: Path, server: RangeHTTPServer, sources: list[tuple[Path, float]], clips: int,
-               spans: int) -> tuple[Path, list[tuple[str, float, float]]]:
-    """``ids.txt`` of ``clips`` span requests, ``spans`` per URL, URLs cycling over the sources."""
+               spans: int | None, urls: int | None = None) -> tuple[Path, list[tuple[str, float, float]]]:
+    """``ids.txt`` of ``clips`` span requests over ``urls`` URLs (or ``spans`` per URL), URLs cycling
+    over the sources; a URL's spans are spread evenly over its source."""
     served = Path(server.root)
     requests = []
+    if urls is not None:
+        spans = -(-clips // urls)
+    assert spans is not None
     n_urls = -(-clips // spans)
     for u in range(n_urls):
         path, seconds = sources[u % len(sources)]
@@ -91,9 +95,9 @@ def write_plan(work: Path, server: RangeHTTPServer, sources: list[tuple[Path, fl
                 os.link(path, served / name)
             except OSError:
                 shutil.copyfile(path, served / name)
-        # spans spread over the source: [1, 6], then ending 0.5 s before the end, then between
-        starts = [1.0, seconds - SPAN_S - 0.5] + [2.0 + k for k in range(spans - 2)]
-        for s in starts[:spans]:
+        room = seconds - SPAN_S - 1.0  # spans start in [0.5, seconds - 5.5]
+        starts = [0.5 + room * k / max(1, spans - 1) for k in range(spans)] if spans > 1 else [1.0]
+        for s in starts:
             if len(requests) < clips:
                 requests.append((server.url(name), round(s, 3), round(s + SPAN_S, 3)))
     ids = work / f"ids-{clips}.txt"
@@ -291,7 +295,8 @@ def _mp4_bytes(output: Path) -> int:
 def run_floor(ids: Path, work: Path, frames: bool) -> dict[str, Any]:
     out = work / "floor"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, __file__, "--floor-loop", str(ids), str(out), *(["--floor-frames"] if frames else [])]
+    cmd = [sys.executable, __file__, "--floor-loop", str(ids), str(out)]
+    cmd += ["--floor-frames"] if frames else []
     res = measure(cmd)
     stats = json.loads((out / "stats.json").read_text())
     res.update(stats)
@@ -331,7 +336,8 @@ def floor_loop(ids: Path, out: Path, frames: bool) -> None:
             if frames:
                 import decord
 
-                vr = decord.VideoReader(str(mp4), width=c.frame_size, height=c.frame_size, num_threads=c.threads)
+                vr = decord.VideoReader(str(mp4), width=c.frame_size, height=c.frame_size,
+                                        num_threads=c.threads)
                 m = len(vr)
                 vr.get_batch([min(m - 1, int((j + 0.5) * m / c.num_frames)) for j in range(c.num_frames)])
             nbytes += mp4.stat().st_size
@@ -352,7 +358,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clips", default="24,96,960", help="comma-separated clip counts")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved runs per clip count (median reported)")
-    ap.add_argument("--spans", type=int, default=2, help="5 s spans per source URL")
+    ap.add_argument("--urls", type=int, default=DISTINCT_SOURCES,
+                    help="distinct source URLs the clips are spread over (the issue's layout: 12)")
+    ap.add_argument("--spans", type=int, help="instead of --urls: this many 5 s spans per URL, as many URLs "
+                                              "as the clip count needs (e.g. 2: twice as many downloads)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 6 and 24 clips, once")
     ap.add_argument("--floor-frames", action="store_true",
                     help="the floor also decodes frames with decord (the issue's first table did)")
@@ -374,7 +383,8 @@ def main() -> None:
         sys.exit("cannot become a child subreaper: the tree's CPU could not be measured")
     sources = make_sources(args.cache)
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start; preset {PRESET}; "
-          f"{DISTINCT_SOURCES} distinct 640x360 sources of 10–20 s, {args.spans} x {SPAN_S:g} s spans per URL; "
+          f"{DISTINCT_SOURCES} distinct 640x360 sources of 10–20 s; {SPAN_S:g} s spans, "
+          + (f"{args.spans} per URL; " if args.spans else f"over {args.urls} URLs; ") +
           f"CPU s = the whole process tree (user+sys); median of {args.repeat}", flush=True)
 
     results: dict[int, dict[str, list[dict[str, Any]]]] = {}
@@ -382,10 +392,10 @@ def main() -> None:
         work = Path(tmp)
         (work / "served").mkdir()
         with RangeHTTPServer(work / "served") as server:
-            one_ids, one_reqs = write_plan(work, server, sources, 1, 1)
+            one_ids, _ = write_plan(work, server, sources, 1, 1)
             startup = [run_ours(one_ids, work / "out", args.extra) for _ in range(args.repeat)]
             for n in counts:
-                ids, _ = write_plan(work, server, sources, n, args.spans)
+                ids, _ = write_plan(work, server, sources, n, args.spans, None if args.spans else args.urls)
                 results[n] = {"ours": [], "floor": []}
                 for r in range(args.repeat):
                     ours = run_ours(ids, work / "out", args.extra)
@@ -393,8 +403,9 @@ def main() -> None:
                     assert ours["ok"] == n and floor["ok"] == n, (ours["ok"], floor["ok"], n)
                     results[n]["ours"].append(ours)
                     results[n]["floor"].append(floor)
-                    print(f"  {n:4d} clips run {r + 1}: ours {ours['cpu']:7.1f} CPU s {ours['wall']:6.1f} wall s"
-                          f" | floor {floor['cpu']:7.1f} CPU s {floor['wall']:6.1f} wall s | load "
+                    print(f"  {n:4d} clips run {r + 1}: ours {ours['cpu']:7.1f} CPU s "
+                          f"{ours['wall']:6.1f} wall s | floor {floor['cpu']:7.1f} CPU s "
+                          f"{floor['wall']:6.1f} wall s | load "
                           f"{ours['load']:.1f}/{floor['load']:.1f}", flush=True)
 
     med = statistics.median
@@ -402,7 +413,8 @@ def main() -> None:
     startup_cpu = med(s["cpu"] for s in startup) - floor_per_clip[counts[0]]
     print()
     print(f"{'clips':>6} {'ours CPU s':>10} {'floor CPU s':>11} {'ours/floor':>10} {'ours clips/CPU s':>16} "
-          f"{'floor clips/CPU s':>17} {'ours wall s':>11} {'driver peak MiB':>15} {'mp4 bytes ours/floor':>20}")
+          f"{'floor clips/CPU s':>17} {'ours wall s':>11} {'driver peak MiB':>15} "
+          f"{'mp4 bytes ours/floor':>20}")
     table = []
     for n in counts:
         o, f = results[n]["ours"], results[n]["floor"]
@@ -435,7 +447,8 @@ def main() -> None:
         print(f"scale: clips per CPU s at {last['clips']} vs {b['clips']}: "
               f"{(last['clips'] / last['ours_cpu']) / (b['clips'] / b['ours_cpu']):.3f}x; driver peak "
               + ", ".join(f"{r['driver_peak_mb']:.0f} MiB at {r['clips']}" for r in table))
-    print(f"load average over the runs (median): {med(r['load'] for r in table):.2f} on {os.cpu_count()} cores")
+    print(f"load average over the runs (median): {med(r['load'] for r in table):.2f} "
+          f"on {os.cpu_count()} cores")
     if args.json:
         args.json.write_text(json.dumps({"startup_cpu": startup_cpu, "table": table}, indent=2, default=str))
 
