@@ -117,9 +117,11 @@ class StageChain:
     next stage their paths; the folder is removed when the chain is done with the batch.
     """
 
-    def __init__(self, stages: list[tuple[str, Any]], slots: float, work_dir: str | None = None):
+    def __init__(self, stages: list[tuple[str, Any]], slots: float):
         self.stages = [(name, stage_class(name)(config)) for name, config in stages]
-        self.slots, self.work_dir = slots, work_dir
+        self.slots = slots
+        # the fetch stage's work_dir, where it has one; else the system's temporary folder
+        self.work_dir = next((c.work_dir for _, c in stages if getattr(c, "work_dir", None)), None)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         records = []
