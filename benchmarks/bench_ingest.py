@@ -437,15 +437,17 @@ def main() -> None:
     print(f"start-up: {startup_cpu:.1f} CPU s (ours on 1 clip, {med(s['cpu'] for s in startup):.1f} CPU s, "
           f"minus the floor's {floor_per_clip[counts[0]]:.2f} CPU s per clip)")
     if len(counts) >= 2:
-        a, b = table[0], table[1]
-        marginal = (b["ours_cpu"] - a["ours_cpu"]) / (b["clips"] - a["clips"])
-        floor_marginal = (b["floor_cpu"] - a["floor_cpu"]) / (b["clips"] - a["clips"])
-        print(f"steady state ({a['clips']} → {b['clips']} clips): ours {marginal:.3f} CPU s per clip, floor "
-              f"{floor_marginal:.3f} → {marginal / floor_marginal:.2f}x; fixed cost of ours "
-              f"{a['ours_cpu'] - a['clips'] * marginal:.1f} CPU s")
-        last = table[-1]
-        print(f"scale: clips per CPU s at {last['clips']} vs {b['clips']}: "
-              f"{(last['clips'] / last['ours_cpu']) / (b['clips'] / b['ours_cpu']):.3f}x; driver peak "
+        # the marginal cost per clip between consecutive clip counts: the steady state, fixed costs out
+        for a, b in zip(table, table[1:], strict=False):
+            marginal = (b["ours_cpu"] - a["ours_cpu"]) / (b["clips"] - a["clips"])
+            floor_marginal = (b["floor_cpu"] - a["floor_cpu"]) / (b["clips"] - a["clips"])
+            fixed = a["ours_cpu"] - a["clips"] * marginal
+            print(f"steady state ({a['clips']} → {b['clips']} clips): ours {marginal:.3f} CPU s per clip "
+                  f"({1 / marginal:.2f} clips per CPU s), floor {floor_marginal:.3f} → "
+                  f"{marginal / floor_marginal:.2f}x; fixed cost of ours {fixed:.1f} CPU s")
+        last, prev = table[-1], table[-2]
+        print(f"scale: clips per CPU s at {last['clips']} vs {prev['clips']}: "
+              f"{(last['clips'] / last['ours_cpu']) / (prev['clips'] / prev['ours_cpu']):.3f}x; driver peak "
               + ", ".join(f"{r['driver_peak_mb']:.0f} MiB at {r['clips']}" for r in table))
     print(f"load average over the runs (median): {med(r['load'] for r in table):.2f} "
           f"on {os.cpu_count()} cores")
