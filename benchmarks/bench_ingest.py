@@ -272,12 +272,23 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, sample: bool = Fa
 # --- the two sides ---------------------------------------------------------------------------
 
 
-def run_ours(ids: Path, output: Path, extra: list[str]) -> dict[str, Any]:
-    shutil.rmtree(output, ignore_errors=True)
+def run_ours(ids: Path, output: Path, extra: list[str], attempts: int = 3) -> dict[str, Any]:
     cmd = [str(Path(sys.executable).parent / "vast-pipeline"), "ingest", str(ids), "--config", PRESET,
            "--output", str(output), "--no-progress", *extra]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    res = measure(cmd, env, sample=True)
+    for attempt in range(attempts):
+        shutil.rmtree(output, ignore_errors=True)
+        try:
+            res = measure(cmd, env, sample=True)
+            break
+        except RuntimeError as e:
+            # on a shared machine Ray's memory monitor may kill a worker of ours when others fill
+            # the memory: that run measures nothing, so it is run again from scratch
+            last = str(e).strip().splitlines()
+            print(f"  (a run of ours failed, {'retrying' if attempt + 1 < attempts else 'giving up'}: "
+                  f"{last[-1][:200] if last else e})", flush=True)
+            if attempt + 1 == attempts:
+                raise
     summary = json.loads((output / "summary.json").read_text())
     res["summary"] = summary
     res["ok"] = summary["clips"]["ok"]

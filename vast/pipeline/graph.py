@@ -279,7 +279,10 @@ def run_graph(cfg: IngestConfig, requests: pa.Table, first_commit: int,
     Commit numbers start at ``first_commit``.
     """
     import ray
+    from ray.data.block import BlockAccessor
 
+    if not requests.num_rows:
+        return  # everything is settled: no cluster to start
     init_ray(cfg.ray)
     counter = _make_counter(first_commit)
     window = cfg.ray.window_requests
@@ -288,8 +291,12 @@ def run_graph(cfg: IngestConfig, requests: pa.Table, first_commit: int,
         # of the plan, however long the input is
         for lo in range(0, requests.num_rows, window):
             ds = build_dataset(cfg, requests.slice(lo, window), counter, prepare)
-            for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                if table.num_rows:
-                    on_commit(table)
+            # the sink's blocks as they are (small ledger tables): no batching, formatting or
+            # prefetching threads in the driver, which only waits for the next commit
+            for bundle in ds.iter_internal_ref_bundles():
+                for ref in bundle.block_refs:
+                    table = BlockAccessor.for_block(ray.get(ref)).to_arrow()
+                    if table.num_rows:
+                        on_commit(table)
     finally:
         ray.kill(counter)
