@@ -31,6 +31,8 @@ def test_blocks_never_split_the_requests_of_one_source():
             where.setdefault(s, set()).add(i)
     assert all(len(v) == 1 for v in where.values())  # every source in exactly one block
     assert max(b.num_rows for b in blocks) == 3  # a's three spans stay together
+    # otherwise the input order holds: each source where its first request was
+    assert [s for b in blocks for s in b["source"].to_pylist()] == ["a", "a", "a", "b", "b", "c", "d", "e"]
 
 
 def test_a_fetch_and_media_worker_loads_no_model_library(tmp_path):

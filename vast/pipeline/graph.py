@@ -206,8 +206,14 @@ def _blocks_by_source(requests: pa.Table, rows_per_block: int) -> list[pa.Table]
         return []
     if "source" not in requests.column_names:
         return [requests.slice(i, rows_per_block) for i in range(0, requests.num_rows, rows_per_block)]
-    requests = requests.sort_by([("source", "ascending")])
+    # a source's requests move up to its first one; otherwise the input order is kept
     sources = requests["source"].to_pylist()
+    first: dict[str, int] = {}
+    for i, source in enumerate(sources):
+        first.setdefault(source, i)
+    order = sorted(range(len(sources)), key=lambda i: first[sources[i]])  # stable
+    requests = requests.take(order)
+    sources = [sources[i] for i in order]
     blocks, lo = [], 0
     for i in range(1, len(sources) + 1):
         if i == len(sources) or (i - lo >= rows_per_block and sources[i] != sources[i - 1]):
