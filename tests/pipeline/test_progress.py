@@ -51,3 +51,17 @@ def test_progress_reads_stage_times_from_the_ledger_rows():
     p.update(ledger([("a", "a", "ok", "", 1)], [["media", 0.0, 2.0, 1.5, 1.0]]))
     stages = p.counts()["stages"]
     assert stages["media"]["cpu_s"] == 1.5 and stages["media"]["bottleneck_share"] == 1.0
+
+
+def test_stage_clock_memory_stays_bounded_over_a_long_run(monkeypatch):
+    import vast.pipeline.progress as progress
+
+    monkeypatch.setattr(progress, "MAX_BUCKETS", 8)
+    clock = StageClock()
+    for k in range(100):  # 100 s of wall time: media busy on even seconds, fetch on odd ones
+        clock.add([["media" if k % 2 == 0 else "fetch", k, k + 1.0, 0.5, 1.0]])
+    assert len(clock.load) <= 8 and clock.bucket_s == 16.0
+    figures = clock.figures(clips=100)
+    assert figures["media"]["cpu_s"] == figures["fetch"]["cpu_s"] == 25.0
+    assert figures["media"]["busy_s"] == 50.0
+    assert figures["media"]["bottleneck_share"] + figures["fetch"]["bottleneck_share"] == pytest.approx(1.0)

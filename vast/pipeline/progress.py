@@ -19,8 +19,9 @@ from typing import Any
 
 import pyarrow as pa
 
-# Stage time records are folded into buckets of this many seconds of wall time.
-BUCKET_S = 1.0
+# Stage time records are folded into buckets of wall time, one second wide at first; past this many
+# buckets, neighbours are merged (the width doubles), so a run of days keeps a few thousand.
+MAX_BUCKETS = 4096
 
 
 class StageClock:
@@ -28,10 +29,11 @@ class StageClock:
 
     A stage's load in a bucket is its busy seconds there over its parallel slots (workers or
     actors it can run on at once); the stage with the highest load in a bucket is that bucket's
-    bottleneck. Memory is one small dict per bucket of wall time, not per clip.
+    bottleneck. Memory is one small dict per bucket of wall time (at most ``MAX_BUCKETS``), not per clip.
     """
 
     def __init__(self) -> None:
+        self.bucket_s = 1.0
         self.cpu: Counter[str] = Counter()
         self.busy: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
@@ -47,10 +49,19 @@ class StageClock:
             self.calls[name] += 1
             t = start
             while t < end:  # spread the busy time over the buckets it spans
-                b = int(t // BUCKET_S)
-                upto = min(end, (b + 1) * BUCKET_S)
+                b = int(t // self.bucket_s)
+                upto = min(end, (b + 1) * self.bucket_s)
                 self.load[b][name] += (upto - t) / max(slots, 1e-9)
                 t = upto
+            if len(self.load) > MAX_BUCKETS:
+                self._coarsen()
+
+    def _coarsen(self) -> None:
+        """Merge each pair of neighbouring buckets: twice the width, half the buckets."""
+        merged: dict[int, Counter[str]] = defaultdict(Counter)
+        for b, load in self.load.items():
+            merged[b // 2].update(load)
+        self.load, self.bucket_s = merged, self.bucket_s * 2
 
     def figures(self, clips: int) -> dict[str, dict[str, float]]:
         """Per stage: CPU s, CPU s per clip, busy s, and the share of wall time it was the bottleneck."""
