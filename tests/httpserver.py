@@ -204,6 +204,9 @@ class _Handler(BaseHTTPRequestHandler):
         if status == HTTPStatus.PARTIAL_CONTENT:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.end_headers()
+        # recorded before the body goes out: a client that has read it all must find it counted
+        record = Request(self.command, rel, int(status), range_header, 0)
+        self.owner._record(record)
         sent = 0
         if body:
             try:
@@ -218,7 +221,8 @@ class _Handler(BaseHTTPRequestHandler):
             except (BrokenPipeError, ConnectionResetError):
                 # ffmpeg drops a connection mid-body when it seeks; that is normal, not an error
                 self.close_connection = True
-        self.owner._record(Request(self.command, rel, int(status), range_header, sent))
+            with self.owner._lock:
+                record.body_bytes = sent
 
     def _send_status(self, rel: str, status: int, range_header: str | None, body: bool) -> None:
         phrase = HTTPStatus(status).phrase
@@ -229,12 +233,12 @@ class _Handler(BaseHTTPRequestHandler):
         if status == HTTPStatus.TOO_MANY_REQUESTS:
             self.send_header("Retry-After", "0")
         self.end_headers()
+        self.owner._record(Request(self.command, rel, int(status), range_header, len(payload) if body else 0))
         if body:
             try:
                 self.wfile.write(payload)
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
-        self.owner._record(Request(self.command, rel, int(status), range_header, len(payload) if body else 0))
 
 
 def _parse_range(m: re.Match[str], size: int) -> tuple[int, int] | None:

@@ -105,13 +105,19 @@ def first_frame(args: list[str]) -> np.ndarray:
 # --- successful fetches ---------------------------------------------------------------------
 
 
-def test_whole_file_over_http(server: RangeHTTPServer, media: Path):
-    out = fetch_one(fetcher(), request(server.url("short.mp4")))
+@pytest.mark.parametrize(("direct", "extractor"), [(True, "http"), (False, "generic")])
+def test_whole_file_over_http(server: RangeHTTPServer, media: Path, direct: bool, extractor: str):
+    before = server.count("short.mp4")
+    out = fetch_one(fetcher(direct=direct), request(server.url("short.mp4")))
     assert out["status"] == "ok", out["message"]
     assert out["media"] == (media / "short.mp4").read_bytes()
     assert out["media_offset"] == 0.0
     info = json.loads(out["source_info"])
-    assert info["extractor"] == "generic" and info["ext"] == "mp4"
+    assert info["extractor"] == extractor and info["ext"] == "mp4"
+    if direct:  # one GET, no yt-dlp sniffing request before it
+        assert server.count("short.mp4") - before == 1
+    # the probe fetch ran is handed on, so the media stage does not probe again
+    assert json.loads(out["probe"])["format"]["duration"]
     assert info["section_downloaded"] is False
     # probed: a plain file URL carries no metadata
     assert info["duration"] == pytest.approx(4.0, abs=0.1)
@@ -120,7 +126,8 @@ def test_whole_file_over_http(server: RangeHTTPServer, media: Path):
 
 def test_span_downloads_only_the_section(server: RangeHTTPServer, media: Path, tmp_path: Path):
     full = media / "long.mp4"
-    out = fetch_one(fetcher(), request(server.url("long.mp4"), 10.3, 13.3))
+    # section_min_bytes=0: this small file counts as large, so only the span's section is fetched
+    out = fetch_one(fetcher(section_min_bytes=0), request(server.url("long.mp4"), 10.3, 13.3))
     assert out["status"] == "ok", out["message"]
     assert len(out["media"]) < full.stat().st_size / 4
     assert ffprobe_duration(out["media"], tmp_path) == pytest.approx(3.0, abs=0.3)
@@ -134,6 +141,19 @@ def test_span_downloads_only_the_section(server: RangeHTTPServer, media: Path, t
     one_second_off = first_frame(["-ss", str(out["media_offset"] + 1.0), "-i", str(full)])
     assert np.abs(shown - at_offset).mean() < 1.0
     assert np.abs(shown - one_second_off).mean() > 5.0  # the comparison can tell frames apart
+
+
+def test_spans_of_one_small_source_share_one_download(server: RangeHTTPServer, media: Path, tmp_path: Path):
+    url = server.url("long.mp4")
+    before = server.count("long.mp4")
+    rows = [request(url, 1.0, 6.0), request(url, 20.0, 25.0), request(str(media / "short.mp4"), 0.0, 2.0)]
+    out = rows_of(fetcher().fetch_local(batch_of(rows, LEDGER_COLUMNS), tmp_path))
+    assert [r["status"] for r in out] == ["ok"] * 3 and server.count("long.mp4") - before == 1
+    assert out[0]["media_path"] == out[1]["media_path"] != out[2]["media_path"]
+    assert Path(out[0]["media_path"]).read_bytes() == (media / "long.mp4").read_bytes()
+    assert out[0]["media_offset"] == out[1]["media_offset"] == 0.0
+    assert out[2]["media_path"] == str(media / "short.mp4")  # a local file is used where it is
+    assert "media" not in out[0]
 
 
 def test_span_without_section_downloads_whole_file(server: RangeHTTPServer, media: Path):
@@ -186,15 +206,18 @@ def test_temp_dirs_are_removed(server: RangeHTTPServer, tmp_path: Path):
 # --- failures and retries -------------------------------------------------------------------
 
 
-def test_404_is_unavailable_with_ytdlp_message(server: RangeHTTPServer):
+@pytest.mark.parametrize("direct", [True, False])
+def test_404_is_unavailable_with_the_original_message(server: RangeHTTPServer, direct: bool):
     server.fail_always("gone.mp4", 404)
     sleeps = Sleeps()
-    out = fetch_one(fetcher(sleeps), request(server.url("gone.mp4")))
+    before = server.count("gone.mp4")
+    out = fetch_one(fetcher(sleeps, direct=direct), request(server.url("gone.mp4")))
     assert (out["status"], out["error_class"], out["stage"]) == ("failed", "unavailable", "fetch")
-    assert out["message"].startswith("ERROR: [generic]")
+    # yt-dlp's message, or the HTTP client's naming the URL
+    assert out["message"].startswith("ERROR: [generic]" if not direct else server.url("gone.mp4"))
     assert "HTTP Error 404: Not Found" in out["message"]
     assert out["media"] == b"" and out["source_info"] == "{}"
-    assert server.count("gone.mp4") == 1 and sleeps == []  # permanent: not retried
+    assert server.count("gone.mp4") - before == 1 and sleeps == []  # permanent: not retried
 
 
 def test_403_fails_at_once_as_other(server: RangeHTTPServer):
@@ -204,13 +227,15 @@ def test_403_fails_at_once_as_other(server: RangeHTTPServer):
     assert "HTTP Error 403: Forbidden" in out["message"]
 
 
-def test_429_twice_then_ok_after_retries(server: RangeHTTPServer, media: Path):
+@pytest.mark.parametrize("direct", [True, False])
+def test_429_twice_then_ok_after_retries(server: RangeHTTPServer, media: Path, direct: bool):
     server.fail_times("flaky.mp4", 429, 2)
     sleeps = Sleeps()
-    out = fetch_one(fetcher(sleeps, retries=3), request(server.url("flaky.mp4")))
+    before = server.count("flaky.mp4")
+    out = fetch_one(fetcher(sleeps, retries=3, direct=direct), request(server.url("flaky.mp4")))
     assert out["status"] == "ok", out["message"]
     assert out["media"] == (media / "flaky.mp4").read_bytes()
-    statuses = server.statuses("flaky.mp4")
+    statuses = server.statuses("flaky.mp4")[before:]
     assert statuses[:2] == [429, 429] and set(statuses[2:]) <= {200, 206} and len(statuses) > 2
     assert len(sleeps) == 2 and all(0.0 <= s <= 0.05 for s in sleeps)
 
@@ -303,7 +328,7 @@ def test_batch_mixing_good_and_bad_rows(server: RangeHTTPServer, media: Path, tm
             request(str(tmp_path / "absent.mp4")), request(str(media / "short.mp4"), 0.5, 1.5), done]
     batch = batch_of(rows, LEDGER_COLUMNS)
     out_batch = fetcher(retries=0)(batch)
-    assert list(out_batch) == [*LEDGER_COLUMNS, "media", "media_offset", "source_info"]
+    assert list(out_batch) == [*LEDGER_COLUMNS, "media", "media_offset", "source_info", "probe"]
     assert all(len(col) == len(rows) for col in out_batch.values())
     out = rows_of(out_batch)
     assert [r["key"] for r in out] == [r["key"] for r in rows]

@@ -102,6 +102,13 @@ def test_mixed_ids_file_to_shards_exactly_once(tmp_path, media_root, http_server
     assert status[12] == [("duplicate", "")] and f"{ids}:4" in by_line[12][0]["message"]
     assert summary["clips"]["failed"] == 6 and summary["duplicate_lines"] == 1
     assert summary["errors"]["invalid_input"] == 2
+    # where the time went: CPU per stage and per clip, and the share of wall time each was the bottleneck
+    stages = summary["run"]["stages"]
+    assert list(stages) == ["fetch", "media", "commit"]
+    assert all(s["cpu_s"] > 0 and s["busy_s"] > 0 for s in stages.values())
+    assert stages["media"]["cpu_s"] > stages["commit"]["cpu_s"]  # five x264 encodes against a few tars
+    assert sum(s["bottleneck_share"] for s in stages.values()) == pytest.approx(1.0, abs=0.01)
+    assert summary["run"]["cpu_s_per_clip"] > 0
     assert_exactly_once(output, lines_of(ids))
 
     # the samples, read back with plain webdataset
@@ -111,6 +118,8 @@ def test_mixed_ids_file_to_shards_exactly_once(tmp_path, media_root, http_server
         assert re.fullmatch(r"[A-Za-z0-9_-]+_\d+_\d+", key) and meta["key"] == key
         assert s["mp4"][4:8] == b"ftyp"
         assert {"mp4", "flac", "json", "txt"} <= set(s) and s["flac"][:4] == b"fLaC"  # silence if no audio
+        # the tiny preset has no stage that consumes frames: none were decoded
+        assert meta["frame_times"] == [] and meta["num_frames"] == round(meta["duration"] * meta["fps"])
         assert 5.0 - 0.5 <= meta["duration"] <= 30.5 or meta["input"].endswith((":2", ":4"))
     silent = [s for s in samples.values() if json.loads(s["json"])["url"].endswith("silent.mp4")]
     assert len(silent) == 1 and not json.loads(silent[0]["json"])["has_audio"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -240,3 +241,46 @@ def test_labelling_modes_whole_video_audio_only_and_still_image(tmp_path):
     assert json.loads(out["a"]["clip_info"])["duration"] == pytest.approx(4.0, abs=0.1)
     assert out["still"]["key"] == "still_0_1000" and out["still"]["frames"].shape == (4, 32, 32, 3)
     assert out["still"]["flac"] == b"" and out["still"]["mp4"][4:8] == b"ftyp"
+
+
+def test_rows_of_one_file_share_one_probe_and_read_it_in_place(media, monkeypatch):
+    """Spans fetched by one download: one ffprobe for all of them, the file read where it lies."""
+    import vast.pipeline.media as media_module
+
+    calls = []
+    real = media_module.ffprobe
+    monkeypatch.setattr(media_module, "ffprobe", lambda path, *a: calls.append(path) or real(path, *a))
+    rows = []
+    for start in (0.5, 3.0, 5.5):
+        row = request(media["tone"], "vidA", start, start + 2.0)
+        del row["media"]
+        row["media_path"] = str(media["tone"])
+        rows.append(row)
+    out = run(rows)
+    assert [r["status"] for r in out] == ["ok"] * 3, [r["message"] for r in out]
+    assert calls == [media["tone"]]
+    assert "media_path" not in out[0] and "probe" not in out[0]
+    # a probe the fetch stage ran travels in the row: none at all here
+    calls.clear()
+    probed = json.loads(subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_format",
+                                        "-show_streams", str(media["tone"])], capture_output=True,
+                                       check=True).stdout)
+    (again,) = run([{**rows[0], "probe": json.dumps(probed)}])
+    assert again["status"] == "ok" and calls == [] and again["mp4"] == out[0]["mp4"]
+
+
+def test_frames_only_when_asked(media, tmp_path):
+    """Without frames the clip's duration and rate come from its mp4 header: as ffprobe reads them."""
+    (row,) = run([request(media["tone"], "vidA", 1.0, 5.0)], dataclasses.replace(CFG, frames=False))
+    assert row["status"] == "ok", row["message"]
+    assert row["frames"].shape == (0, 64, 64, 3)
+    info = json.loads(row["clip_info"])
+    assert info["frame_times"] == []
+    (vs,) = probe(row["mp4"], tmp_path, "c.mp4", "-count_frames")["streams"]
+    num, den = map(int, vs["avg_frame_rate"].split("/"))
+    assert info["fps"] == pytest.approx(num / den, abs=1e-3)
+    assert info["duration"] == pytest.approx(int(vs["nb_read_frames"]) * den / num, abs=1e-3)
+    # the same clip with frames: the same duration, which decord reads from the decoded stream
+    (framed,) = run([request(media["tone"], "vidA", 1.0, 5.0)])
+    assert json.loads(framed["clip_info"])["duration"] == info["duration"]
+    assert framed["mp4"] == row["mp4"]

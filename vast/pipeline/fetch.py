@@ -1,18 +1,27 @@
-"""Fetch stage: turn a request's ``source`` (URL or local path) into the bytes of a media file.
+"""Fetch stage: turn a request's ``source`` (URL or local path) into a local media file.
 
-URLs go through yt-dlp's Python API (YouTube and the ~1800 other sites it knows, plus plain
-file URLs via its generic extractor); absolute local paths are read as they are. For a span
-request only the span is downloaded where the source allows it (yt-dlp ``download_ranges``,
-ffmpeg seeking over HTTP), and ``media_offset`` says which source time the bytes start at, so
-the media stage cuts the right seconds. Sources longer than ``max_source_s`` are refused before
-any media is downloaded. Failures become ledger rows classed from yt-dlp's message
-(``classify_error``) with that message kept verbatim; transient classes (``network``,
-``rate_limited``) are retried with full-jitter exponential backoff.
+Requests of one source in a batch (several spans of one video) are served by one download.
+Plain http(s) URLs of media files (a media suffix, no cookies, proxy or rate limit configured)
+are read with one GET, without yt-dlp (``direct``); other URLs go through yt-dlp's Python API
+(YouTube and the ~1800 other sites it knows, one ``YoutubeDL`` per worker thread); absolute local
+paths are used in place. For spans of a large source only their section is downloaded where the
+source allows it (yt-dlp ``download_ranges``, ffmpeg seeking over HTTP), and ``media_offset`` says
+which source time the file starts at, so the media stage cuts the right seconds. Sources longer
+than ``max_source_s`` are refused before any media is downloaded where their length is known in
+advance. Where fetch has to probe the file (to learn that length), ffprobe's JSON travels on in
+the ``probe`` column, so the media stage does not probe it again.
+
+Run in the same worker as the media stage (the graph chains them), the file stays on local disk
+and only its path is handed over (``fetch_local``); run alone, the stage returns the bytes
+(``media``), which is what crosses Ray's object store. Failures become ledger rows classed from
+yt-dlp's (or the HTTP client's) message (``classify_error``) with that message kept verbatim;
+transient classes (``network``, ``rate_limited``) are retried with full-jitter exponential backoff.
 """
 
 from __future__ import annotations
 
 import collections
+import http.client
 import json
 import logging
 import math
@@ -20,16 +29,22 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.request
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
+from urllib.parse import urlparse
 
 from vast.config import ConfigError
-from vast.pipeline.stage import TRANSIENT_CLASSES, SampleError, Stage
+from vast.pipeline.inputs import AUDIO_SUFFIXES, VIDEO_SUFFIXES
+from vast.pipeline.media import ffprobe
+from vast.pipeline.stage import TRANSIENT_CLASSES, SampleError, Stage, batch_of, fail, rows_of
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +81,13 @@ class FetchConfig:
     knows the size in advance."""
     work_dir: str | None = None
     """Directory for the per-fetch temporary folders (removed after each fetch); None = system temp."""
+    direct: bool = True
+    """Read plain http(s) URLs of media files (``.mp4``, ``.webm``, ``.m4a`` …) with one GET, without
+    yt-dlp, unless ``cookies``, ``proxy`` or ``rate_limit`` is set; a page answered instead of media
+    goes to yt-dlp after all."""
+    section_min_bytes: int = 32 * 2**20
+    """Direct sources up to this size are downloaded whole even for spans (one download serves all
+    their spans); larger ones get section downloads (see ``section``)."""
 
     def __post_init__(self) -> None:
         if self.retries < 0:
@@ -170,12 +192,35 @@ _INFO_FIELDS = ("id", "title", "duration", "uploader", "channel_id", "upload_dat
                 "language")
 
 
+# URL path suffixes of plain media files: worth one direct GET before asking yt-dlp.
+_DIRECT_SUFFIXES = frozenset(VIDEO_SUFFIXES + AUDIO_SUFFIXES)
+# Content types that mean "a page or a playlist, not the media itself": yt-dlp's job.
+_NOT_MEDIA = ("text/", "application/xhtml", "application/json", "application/x-mpegurl",
+              "application/vnd.apple.mpegurl", "application/dash+xml")
+
+
+@dataclass
+class _Fetched:
+    """One download: the local file, the source time it starts at, its source_info and probe JSON."""
+
+    path: Path
+    offset: float
+    info: dict[str, Any]
+    probe: str = ""
+
+
 class Fetcher(Stage):
-    """Download (or read) each request's media; one output row per input row."""
+    """Download (or locate) each request's media; one output row per input row.
+
+    ``fetch_local(batch, folder)`` leaves the files in ``folder`` and names them in ``media_path``
+    (the graph uses it when the media stage runs in the same worker); calling the stage returns
+    their bytes in ``media`` instead.
+    """
 
     name = "fetch"
     Config = FetchConfig
-    output_defaults: ClassVar[dict[str, Any]] = {"media": b"", "media_offset": 0.0, "source_info": "{}"}
+    output_defaults: ClassVar[dict[str, Any]] = {"media": b"", "media_offset": 0.0, "source_info": "{}",
+                                                 "probe": ""}
 
     def __init__(self, config: FetchConfig | None = None, sleep: Callable[[float], None] = time.sleep,
                  rng: random.Random | None = None):
@@ -185,31 +230,99 @@ class Fetcher(Stage):
             raise ConfigError(f"fetch.cookies: no such file {cfg.cookies!r}")
         self.sleep = sleep  # injectable so tests (and callers with their own pacing) do not wait
         self.rng = rng or random.Random()
+        self._ydl = threading.local()  # one YoutubeDL per worker thread, built on first use
 
     def backoff(self, attempt: int) -> float:
         """Seconds to sleep after failed attempt ``attempt`` (0-based): full jitter, capped."""
         cfg: FetchConfig = self.config
         return self.rng.uniform(0.0, min(cfg.backoff_max_s, cfg.backoff_s * 2.0 ** attempt))
 
-    def process(self, row: dict[str, Any]) -> list[dict[str, Any]]:
-        """Fetch one request; raises ``SampleError`` for a per-sample failure."""
+    # -- batches ------------------------------------------------------------------------------------
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Fetch a batch and return each file's bytes in ``media`` (for a media stage elsewhere)."""
         cfg: FetchConfig = self.config
-        source = str(row["source"])
+        with tempfile.TemporaryDirectory(prefix="vast-fetch-", dir=cfg.work_dir,
+                                         ignore_cleanup_errors=True) as tmp:
+            rows = rows_of(self.fetch_local(batch, Path(tmp)))
+            for row in rows:
+                path = row.pop("media_path", "")
+                row["media"] = Path(path).read_bytes() if path and row["status"] == "ok" else b""
+        columns = [*batch, *self.output_defaults]
+        return batch_of(rows, list(dict.fromkeys(columns)), self.output_defaults)
+
+    def fetch_local(self, batch: dict[str, Any], folder: Path) -> dict[str, Any]:
+        """Fetch a batch into ``folder``; rows name their file in ``media_path`` (owned by the caller,
+        who removes ``folder``; a local source is named where it is). Rows of one source share a file."""
+        rows = rows_of(batch)
+        out: list[dict[str, Any]] = list(rows)
+        groups: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
+            if row["status"] != "ok":
+                continue
+            try:
+                self._check_request(row)
+            except SampleError as e:
+                out[i] = fail(row, e.error_class, e.message, self.name)
+                continue
+            groups.setdefault(str(row["source"]), []).append(i)
+        for n, (source, idx) in enumerate(groups.items()):
+            spans = [_span_of(rows[i]) for i in idx]
+            try:
+                got = self._fetch_source(source, spans, folder / f"s{n}")
+            except SampleError as e:
+                for i in idx:
+                    out[i] = fail(rows[i], e.error_class, e.message, self.name)
+                continue
+            except Exception as e:  # noqa: BLE001 - one bad source must not sink the batch (see Stage)
+                last = f"{type(e).__name__}: {e}"
+                for i in idx:
+                    out[i] = fail(rows[i], "stage_error", last, self.name)
+                continue
+            for i in idx:
+                out[i] = {**rows[i], "media_path": str(got.path), "media_offset": got.offset,
+                          "source_info": json.dumps(got.info), "probe": got.probe}
+        defaults = {**self.output_defaults, "media_path": ""}
+        defaults.pop("media")
+        columns = [c for c in dict.fromkeys([*batch, *defaults]) if c != "media"]
+        return batch_of(out, columns, defaults)
+
+    def process(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        """Fetch one request (its bytes in ``media``); raises ``SampleError`` for a per-sample failure."""
+        out = rows_of(self(batch_of([row])))[0]
+        if out["status"] != "ok":
+            raise SampleError(out["error_class"], out["message"])
+        return [out]
+
+    # -- one source -------------------------------------------------------------------------------
+
+    def _check_request(self, row: dict[str, Any]) -> None:
+        cfg: FetchConfig = self.config
+        span = _span_of(row)
         start, end = float(row["start"]), float(row["end"])
-        span = None if math.isnan(start) and math.isnan(end) else (start, end)
         if span is not None and not 0.0 <= start < end:
             raise SampleError("invalid_input", f"bad span start={start} end={end}")
         if span is not None and span[1] - span[0] > cfg.max_source_s:
             raise SampleError("too_long", f"span of {span[1] - span[0]:.1f}s exceeds max_source_s="
                                           f"{cfg.max_source_s:g}s")
-        if source.startswith(("http://", "https://")):
-            media, offset, info = self._with_retries(lambda: self._download(source, span))
-        elif os.path.isabs(source):
-            media, offset, info = self._read_local(Path(source), span)
-        else:
+        source = str(row["source"])
+        if not source.startswith(("http://", "https://")) and not os.path.isabs(source):
             raise SampleError("invalid_input", f"source is neither an http(s) URL nor an absolute path: "
                                                f"{source!r}")
-        return [{**row, "media": media, "media_offset": offset, "source_info": json.dumps(info)}]
+
+    def _fetch_source(self, source: str, spans: list[tuple[float, float] | None], folder: Path) -> _Fetched:
+        """One download serving ``spans`` (None: the whole video) of ``source``."""
+        # one section covering every span, unless a request needs the whole video
+        section = None if any(s is None for s in spans) else (min(s[0] for s in spans),  # type: ignore[index]
+                                                              max(s[1] for s in spans))  # type: ignore[index]
+        if not source.startswith(("http://", "https://")):
+            return self._read_local(Path(source), section)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self._direct(source):
+            got = self._with_retries(lambda: self._get_direct(source, section, folder))
+            if got is not None:
+                return got
+        return self._with_retries(lambda: self._download(source, section, folder))
 
     def _with_retries(self, attempt_fn: Callable[[], Any]) -> Any:
         cfg: FetchConfig = self.config
@@ -226,7 +339,7 @@ class Fetcher(Stage):
 
     # -- local files ----------------------------------------------------------------------------
 
-    def _read_local(self, path: Path, span: tuple[float, float] | None) -> tuple[bytes, float, dict]:
+    def _read_local(self, path: Path, span: tuple[float, float] | None) -> _Fetched:
         cfg: FetchConfig = self.config
         try:
             size = path.stat().st_size
@@ -236,37 +349,84 @@ class Fetcher(Stage):
             raise SampleError("unavailable", f"cannot read {path}: {e}") from None
         if size > cfg.max_bytes:
             raise SampleError("too_large", f"{path} is {size} bytes, over max_bytes={cfg.max_bytes}")
+        if not os.access(path, os.R_OK):
+            raise SampleError("unavailable", f"cannot read {path}: permission denied")
         # An undecodable file is the media stage's to classify; fetch only needs the duration.
-        probed = probe(path)
+        raw, probed = _probe_json(path)
         duration = probed.get("duration")
         if span is None and duration is not None and duration > cfg.max_source_s:
             raise _too_long(str(path), duration, cfg.max_source_s)
-        try:
-            media = path.read_bytes()
-        except OSError as e:
-            raise SampleError("unavailable", f"cannot read {path}: {e}") from None
         info = {"id": path.stem, "title": path.stem, "extractor": "local", "webpage_url": str(path),
-                "ext": path.suffix.lstrip(".") or None, **probed, "bytes": len(media),
+                "ext": path.suffix.lstrip(".") or None, **probed, "bytes": size,
                 "section_downloaded": False}
-        return media, 0.0, info
+        return _Fetched(path, 0.0, info, raw)
 
-    # -- URLs -------------------------------------------------------------------------------------
+    # -- plain media URLs -------------------------------------------------------------------------
 
-    def _ydl_params(self, tmp: Path, span: tuple[float, float] | None, logger: _YtdlpLog) -> dict[str, Any]:
-        from yt_dlp.utils import download_range_func
+    def _direct(self, url: str) -> bool:
+        """Whether yt-dlp adds nothing for ``url``: a plain media file and no cookies/proxy/rate limit."""
+        cfg: FetchConfig = self.config
+        suffix = PurePosixPath(urlparse(url).path).suffix.lower()
+        return cfg.direct and suffix in _DIRECT_SUFFIXES and not (cfg.cookies or cfg.proxy or cfg.rate_limit)
 
+    def _get_direct(self, url: str, span: tuple[float, float] | None, folder: Path) -> _Fetched | None:
+        """One GET of the whole file; None when yt-dlp should take it after all (a page, not media; or a
+        large file of which a section will do)."""
+        cfg: FetchConfig = self.config
+        request = urllib.request.Request(url, headers={"User-Agent": "vast-pipeline", "Accept": "*/*"})
+        try:
+            response = urllib.request.urlopen(request, timeout=cfg.socket_timeout_s)  # noqa: S310 - http(s) only
+        except urllib.error.HTTPError as e:
+            e.close()
+            raise _http_error(url, str(e)) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            raise _http_error(url, f"{type(e).__name__}: {e}") from None
+        with response:
+            ctype = response.headers.get_content_type()
+            if ctype.startswith(_NOT_MEDIA):
+                return None
+            length = int(response.headers.get("Content-Length") or 0) or None
+            if span is not None and cfg.section and length and length > cfg.section_min_bytes:
+                return None
+            if length and length > cfg.max_bytes:
+                raise SampleError("too_large", f"{url} is {length} bytes, over max_bytes={cfg.max_bytes}")
+            suffix = PurePosixPath(urlparse(url).path).suffix.lower()
+            path = folder / f"media{suffix}"
+            size = 0
+            try:
+                with open(path, "wb") as f:
+                    while chunk := response.read(1 << 20):
+                        size += len(chunk)
+                        if size > cfg.max_bytes:
+                            raise SampleError("too_large", f"{url} sent over max_bytes={cfg.max_bytes} bytes")
+                        f.write(chunk)
+            except (OSError, http.client.HTTPException) as e:
+                raise _http_error(url, f"{type(e).__name__}: {e}") from None
+        if length is not None and size != length:
+            raise _http_error(url, f"IncompleteRead: {size} of {length} bytes")
+        raw, probed = _probe_json(path)
+        duration = probed.get("duration")
+        if span is None and duration is not None and duration > cfg.max_source_s:
+            raise _too_long(url, duration, cfg.max_source_s)
+        stem = PurePosixPath(urlparse(url).path).stem
+        info = {"id": stem, "title": stem, "extractor": "http", "webpage_url": url, "ext": suffix.lstrip("."),
+                **probed, "bytes": size, "section_downloaded": False}
+        return _Fetched(path, 0.0, info, raw)
+
+    # -- URLs through yt-dlp ------------------------------------------------------------------------
+
+    def _ydl_params(self) -> dict[str, Any]:
+        """This worker thread's ``YoutubeDL`` parameters (per-download ones are set by ``_download``)."""
         cfg: FetchConfig = self.config
         params: dict[str, Any] = {
             "ignoreconfig": True,  # a user's ~/.config/yt-dlp must not change what a pipeline fetches
             "quiet": True,
             "noprogress": True,
-            "logger": logger,
             "color": {"stdout": "no_color", "stderr": "no_color"},
             "noplaylist": True,
             # best at or below the cap, else the smallest above it; a lone direct file always matches
             "format": "bv*+ba/b",
             "format_sort": [f"res:{cfg.max_height}"],
-            "paths": {"home": str(tmp), "temp": str(tmp)},
             "outtmpl": {"default": "media.%(ext)s"},
             "socket_timeout": cfg.socket_timeout_s,
             "max_filesize": cfg.max_bytes,
@@ -277,69 +437,84 @@ class Fetcher(Stage):
             "fragment_retries": cfg.retries,
             # section downloads run ffmpeg, which ignores socket_timeout: a stalled read must end too
             "external_downloader_args": {"ffmpeg_i": ["-rw_timeout", str(int(cfg.socket_timeout_s * 1e6))]},
+            "force_keyframes_at_cuts": cfg.force_keyframes,
         }
         if cfg.cookies:
             # yt-dlp writes the cookie jar back on exit: concurrent workers must not share the file
-            private = tmp / "cookies.txt"
+            folder = tempfile.mkdtemp(prefix="vast-cookies-")
+            weakref.finalize(self, shutil.rmtree, folder, True)
+            private = Path(folder) / "cookies.txt"
             shutil.copyfile(cfg.cookies, private)
             params["cookiefile"] = str(private)
         if cfg.proxy:
             params["proxy"] = cfg.proxy
         if cfg.rate_limit:
             params["ratelimit"] = parse_rate(cfg.rate_limit)
-        if span is not None and cfg.section:
-            params["download_ranges"] = download_range_func(None, [span])
-            params["force_keyframes_at_cuts"] = cfg.force_keyframes
         return params
 
-    def _download(self, url: str, span: tuple[float, float] | None) -> tuple[bytes, float, dict]:
+    def _youtube_dl(self) -> Any:
+        """This thread's ``YoutubeDL``: built once (~1,900 extractors, the CA bundle), reused per fetch."""
+        ydl = getattr(self._ydl, "instance", None)
+        if ydl is None:
+            import yt_dlp
+
+            ydl = self._ydl.instance = yt_dlp.YoutubeDL(self._ydl_params())
+        return ydl
+
+    def _download(self, url: str, span: tuple[float, float] | None, folder: Path) -> _Fetched:
         try:
             import yt_dlp
         except ImportError as e:  # pragma: no cover - yt-dlp is a core dependency
             raise ImportError("the fetch stage needs yt-dlp: pip install 'vast-pipeline'") from e
+        from yt_dlp.utils import download_range_func
 
         cfg: FetchConfig = self.config
         logger = _YtdlpLog()
-        with tempfile.TemporaryDirectory(prefix="vast-fetch-", dir=cfg.work_dir,
-                                         ignore_cleanup_errors=True) as tmp_name:
-            tmp = Path(tmp_name)
-            try:
-                with yt_dlp.YoutubeDL(self._ydl_params(tmp, span, logger)) as ydl:
-                    # unprocessed first: a playlist is refused before each of its entries is extracted
-                    info = ydl.extract_info(url, download=False, process=False)
-                    self._check_before_download(info, span)
-                    info = ydl.process_ie_result(info, download=False)  # resolves redirects, picks formats
-                    self._check_before_download(info, span)
-                    # the resolved info is downloaded as is: no second extraction
-                    info = ydl.process_ie_result(info, download=True)
-            except yt_dlp.utils.YoutubeDLError as e:
-                message = clean_message(str(e))
-                raise SampleError(classify_error(message), message) from None
-            downloads = info.get("requested_downloads") or []
-            path = Path(downloads[0]["filepath"]) if downloads and downloads[0].get("filepath") else None
-            if path is None or not path.is_file():
-                said = " | ".join(clean_message(m) for m in logger.tail)
-                error_class = "too_large" if "max-filesize" in said else "other"
-                raise SampleError(error_class, f"yt-dlp produced no file; it said: {said}")
-            size = path.stat().st_size
-            if size > cfg.max_bytes:
-                raise SampleError("too_large", f"downloaded {size} bytes, over max_bytes={cfg.max_bytes}")
-            section_start = downloads[0].get("section_start")
-            sectioned = section_start is not None
-            out = {k: info.get(k) for k in _INFO_FIELDS}
-            if any(out[k] is None for k in ("duration", "width", "height", "fps")):
-                # plain file URLs carry no metadata: probe what arrived, so too_long still holds
-                probed = probe(path)
-                for k in ("width", "height", "fps"):
-                    out[k] = out[k] if out[k] is not None else probed.get(k)
-                if out["duration"] is None and not sectioned:  # a section's length is not the source's
-                    out["duration"] = probed.get("duration")
-                    if span is None and out["duration"] is not None and out["duration"] > cfg.max_source_s:
-                        raise _too_long(url, out["duration"], cfg.max_source_s)
-            out.update(ext=path.suffix.lstrip("."), bytes=size, section_downloaded=sectioned)
-            if sectioned:
-                out["section"] = [section_start, downloads[0].get("section_end")]
-            return path.read_bytes(), float(section_start) if sectioned else 0.0, out
+        tmp = Path(tempfile.mkdtemp(prefix="ytdlp-", dir=folder))  # a fresh folder per attempt
+        ydl = self._youtube_dl()
+        ydl.params.update(logger=logger, paths={"home": str(tmp), "temp": str(tmp)})
+        if span is not None and cfg.section:
+            ydl.params["download_ranges"] = download_range_func(None, [span])
+        try:
+            # unprocessed first: a playlist is refused before each of its entries is extracted
+            info = ydl.extract_info(url, download=False, process=False)
+            self._check_before_download(info, span)
+            info = ydl.process_ie_result(info, download=False)  # resolves redirects, picks formats
+            self._check_before_download(info, span)
+            # the resolved info is downloaded as is: no second extraction
+            info = ydl.process_ie_result(info, download=True)
+        except yt_dlp.utils.YoutubeDLError as e:
+            message = clean_message(str(e))
+            raise SampleError(classify_error(message), message) from None
+        finally:
+            ydl.params.pop("logger", None)
+            ydl.params.pop("download_ranges", None)
+        downloads = info.get("requested_downloads") or []
+        path = Path(downloads[0]["filepath"]) if downloads and downloads[0].get("filepath") else None
+        if path is None or not path.is_file():
+            said = " | ".join(clean_message(m) for m in logger.tail)
+            error_class = "too_large" if "max-filesize" in said else "other"
+            raise SampleError(error_class, f"yt-dlp produced no file; it said: {said}")
+        size = path.stat().st_size
+        if size > cfg.max_bytes:
+            raise SampleError("too_large", f"downloaded {size} bytes, over max_bytes={cfg.max_bytes}")
+        section_start = downloads[0].get("section_start")
+        sectioned = section_start is not None
+        out = {k: info.get(k) for k in _INFO_FIELDS}
+        raw = ""
+        if any(out[k] is None for k in ("duration", "width", "height", "fps")):
+            # plain file URLs carry no metadata: probe what arrived, so too_long still holds
+            raw, probed = _probe_json(path)
+            for k in ("width", "height", "fps"):
+                out[k] = out[k] if out[k] is not None else probed.get(k)
+            if out["duration"] is None and not sectioned:  # a section's length is not the source's
+                out["duration"] = probed.get("duration")
+                if span is None and out["duration"] is not None and out["duration"] > cfg.max_source_s:
+                    raise _too_long(url, out["duration"], cfg.max_source_s)
+        out.update(ext=path.suffix.lstrip("."), bytes=size, section_downloaded=sectioned)
+        if sectioned:
+            out["section"] = [section_start, downloads[0].get("section_end")]
+        return _Fetched(path, float(section_start) if sectioned else 0.0, out, raw)
 
     def _check_before_download(self, info: dict[str, Any], span: tuple[float, float] | None) -> None:
         """Refuse what must not be downloaded, using only the extracted info."""
@@ -368,18 +543,35 @@ def _too_long(what: str, duration: float, limit: float) -> SampleError:
     return SampleError("too_long", f"{what} lasts {duration:.1f}s, over max_source_s={limit:g}s")
 
 
+def _span_of(row: dict[str, Any]) -> tuple[float, float] | None:
+    start, end = float(row["start"]), float(row["end"])
+    return None if math.isnan(start) and math.isnan(end) else (start, end)
+
+
+def _http_error(url: str, message: str) -> SampleError:
+    text = clean_message(f"{url}: {message}")
+    return SampleError(classify_error(text), text)
+
+
+def _probe_json(path: Path) -> tuple[str, dict[str, Any]]:
+    """ffprobe's JSON of a fetched file (handed on to the media stage) and the facts fetch reads from
+    it; ("", {}) for a file ffprobe cannot read (deciding that it is undecodable is the media stage's job)."""
+    data, _ = ffprobe(path, timeout_s=60)
+    if data is None:
+        return "", {}
+    return json.dumps(data), probe_summary(data)
+
+
 def probe(path: Path) -> dict[str, Any]:
     """Duration, size and frame rate of a media file from ffprobe; ``{}`` entries it cannot read.
 
     Never raises for a bad file: deciding that a file is undecodable is the media stage's job.
     """
-    args = ["ffprobe", "-v", "error", "-print_format", "json", "-show_entries",
-            "format=duration:stream=codec_type,width,height,avg_frame_rate", str(path)]
-    try:
-        out = subprocess.run(args, capture_output=True, timeout=60, check=False)
-        data = json.loads(out.stdout or b"{}")
-    except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError):
-        return {}
+    return _probe_json(path)[1]
+
+
+def probe_summary(data: dict[str, Any]) -> dict[str, Any]:
+    """Duration, size and frame rate from ffprobe's JSON; absent entries it does not state."""
     result: dict[str, Any] = {}
     try:
         result["duration"] = float(data["format"]["duration"])

@@ -112,7 +112,9 @@ def run_job(cfg: IngestConfig, plan: Callable[[OutputStore, ResumeState], tuple[
         state = resume_state(read_ledger(store, RESUME_COLUMNS))
         todo, total = plan(store, state)
         next_commit = max(store.committed_numbers(), default=-1) + 1
-        progress = Progress(total=todo.num_rows, enabled=cfg.progress)
+        already = {r: len(k) for r, k in zip(todo["request"].to_pylist(), todo["skip_keys"].to_pylist(),
+                                             strict=True) if k} if "skip_keys" in todo.column_names else {}
+        progress = Progress(total=todo.num_rows, enabled=cfg.progress, already=already)
         if rejected is not None:
             fresh = rejected.filter(pc.invert(pc.is_in(rejected["input"], state.rejected_inputs)))
             if fresh.num_rows:

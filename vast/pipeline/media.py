@@ -1,10 +1,13 @@
 """The media stage: downloaded bytes → clips (small H.264 mp4, 16 kHz mono FLAC, sampled frames).
 
-Per request: the bytes go to a temporary file, ``ffprobe`` classifies them (empty, undecodable,
-no video), the request becomes its clips (a span request is one clip; a whole video is cut at
-scene changes by ``scenes.py``), and each clip costs one ffmpeg process that seeks on the
-input, decodes the segment once and writes both the mp4 and the FLAC. The frames handed to the
-captioners are then read by decord from the small re-encoded mp4, never from the source.
+Per request: the fetched media is a local file (``media_path``, when fetch ran in the same worker)
+or bytes written to a temporary file (``media``); ``ffprobe`` classifies it (empty, undecodable, no
+video) — once per source: the fetch stage's probe travels in the ``probe`` column, and rows of one
+file in a batch share one — the request becomes its clips (a span request is one clip; a whole
+video is cut at scene changes by ``scenes.py``), and each clip costs one ffmpeg process that seeks
+on the input, decodes the segment once and writes both the mp4 and the FLAC. The frames handed to
+the captioners are then read by decord from the small re-encoded mp4, never from the source, and
+only when a later stage consumes them (``frames``).
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ class MediaConfig:
     """Accept sources without a video stream as audio-only clips (flac only, no mp4 or frames)."""
     still_s: float = 1.0
     """A still image becomes a clip of this many seconds (its frames all show the image)."""
+    frames: bool | None = None
+    """Decode ``num_frames`` frames per clip with decord. None: only when a later stage of the graph
+    consumes them (a captioner); a clip's duration and rate then come from its mp4 header."""
 
 
 class MediaCutter(Stage):
@@ -76,7 +82,7 @@ class MediaCutter(Stage):
 
     name = "media"
     Config = MediaConfig
-    drops = ("media", "media_offset")
+    drops = ("media", "media_offset", "media_path", "probe")
 
     def __init__(self, config: MediaConfig | None = None):
         super().__init__(config)
@@ -89,18 +95,33 @@ class MediaCutter(Stage):
         s = c.frame_size
         self.output_defaults = {"mp4": b"", "flac": b"", "frames": np.zeros((0, s, s, 3), np.uint8),
                                 "clip_info": "{}"}
+        self._probes: dict[str, dict[str, Any] | SampleError] = {}
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        # rows of one source in a batch (spans fetched by one download) share one probe
+        self._probes = {}
+        try:
+            return super().__call__(batch)
+        finally:
+            self._probes = {}
 
     def process(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         """One fetched request → its clip rows (committed clips in ``skip_keys`` left out)."""
-        data = row["media"]
-        if not data:
-            raise SampleError("empty_media", "the fetched media is 0 bytes")
         offset = float(row.get("media_offset") or 0.0)
         skip = set(row["skip_keys"]) if row.get("skip_keys") is not None else set()
         with tempfile.TemporaryDirectory(prefix="vast-media-") as tmp:
-            src = Path(tmp) / f"source{_suffix(row.get('source', ''))}"
-            src.write_bytes(data)
-            probe = self._probe(src)
+            local = row.get("media_path")
+            if isinstance(local, str) and local:
+                src = Path(local)  # fetched into this worker: read in place, never copied
+                if not src.stat().st_size:
+                    raise SampleError("empty_media", "the fetched media is 0 bytes")
+            else:
+                data = row.get("media")
+                if not data:
+                    raise SampleError("empty_media", "the fetched media is 0 bytes")
+                src = Path(tmp) / f"source{_suffix(row.get('source', ''))}"
+                src.write_bytes(data)
+            probe = self._probe_once(src, row.get("probe"), shared=isinstance(local, str) and bool(local))
             duration = probe["duration"]
             if (row["start"] is None or math.isnan(row["start"])) and not self.config.split_scenes:
                 spans = [(0.0, duration, offset, round(offset + duration, 3))]
@@ -122,13 +143,37 @@ class MediaCutter(Stage):
 
     # -- request level -------------------------------------------------------------------------
 
+    def _probe_once(self, src: Path, fetched: Any, shared: bool) -> dict[str, Any]:
+        """The source's probe facts: from the fetch stage's ffprobe when it ran one, else ffprobe now;
+        a ``shared`` file's are remembered for the other rows of this batch that read it."""
+        key = str(src) if shared else ""
+        if key in self._probes:
+            found = self._probes[key]
+            if isinstance(found, SampleError):
+                raise SampleError(found.error_class, found.message)
+            return found
+        try:
+            if isinstance(fetched, str) and fetched:
+                facts = self._probe_facts(json.loads(fetched))
+            else:
+                facts = self._probe(src)
+        except SampleError as e:
+            if key:
+                self._probes[key] = e
+            raise
+        if key:
+            self._probes[key] = facts
+        return facts
+
     def _probe(self, src: Path) -> dict[str, Any]:
         """ffprobe facts of the source, or the SampleError that classifies it."""
-        args = ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(src)]
-        proc = self._run(args)
-        if proc.returncode != 0:
-            raise SampleError("decode_error", stderr_tail(proc.stderr) or f"ffprobe exited {proc.returncode}")
-        info = json.loads(proc.stdout or b"{}")
+        info, stderr = ffprobe(src, self.config.timeout_s)
+        if info is None:
+            raise SampleError("decode_error", stderr)
+        return self._probe_facts(info)
+
+    def _probe_facts(self, info: dict[str, Any]) -> dict[str, Any]:
+        """The facts clips need from ffprobe's JSON (``-show_format -show_streams``), classified."""
         streams = info.get("streams", [])
         fmt = info.get("format", {})
         if not streams:
@@ -259,7 +304,12 @@ class MediaCutter(Stage):
                 flac_bytes = b""
             elif samples < n_samples:  # the source's audio stops inside the clip
                 flac_bytes = self._pad_audio(flac, n_samples)
-        frames, frame_times, n_frames, fps = read_frames(mp4, c.num_frames, c.frame_size, c.threads)
+        if c.frames is False:
+            s = c.frame_size
+            frames, frame_times = np.zeros((0, s, s, 3), np.uint8), []
+            n_frames, fps = mp4_frames(mp4_bytes)
+        else:
+            frames, frame_times, n_frames, fps = read_frames(mp4, c.num_frames, c.frame_size, c.threads)
         info = {
             "duration": duration,
             "fps": round(fps, 3),
@@ -338,6 +388,69 @@ def _keyed_duration(start: float, end: float) -> float:
     """The length of the clip [start, end] s of the source as its key states it: whole milliseconds,
     rounded as ``clip_key`` rounds them."""
     return (round(end * 1000) - round(start * 1000)) / 1000
+
+
+def ffprobe(path: str | Path, timeout_s: float = 600.0) -> tuple[dict[str, Any] | None, str]:
+    """ffprobe's JSON (format and streams) of a media file, or (None, why it could not be read).
+
+    The one probe of a source: the fetch stage runs it when it needs the duration and hands the JSON
+    on to the media stage (``probe`` column), which otherwise runs it itself.
+    """
+    args = ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)]
+    try:
+        proc = subprocess.run(args, capture_output=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None, f"ffprobe timed out after {timeout_s:g} s"
+    if proc.returncode != 0:
+        return None, stderr_tail(proc.stderr) or f"ffprobe exited {proc.returncode}"
+    try:
+        return json.loads(proc.stdout or b"{}"), ""
+    except json.JSONDecodeError as e:
+        return None, f"ffprobe printed no JSON: {e}"
+
+
+def mp4_frames(data: bytes) -> tuple[int, float]:
+    """(frame count, frames per second) of an mp4's first video track, read from its header boxes.
+
+    What decord would report for the clip, without decoding it: ``stsz``'s sample count over
+    ``mdhd``'s duration. Raises ``SampleError("decode_error")`` when the boxes are missing.
+    """
+    def boxes(buf: memoryview) -> Any:
+        i = 0
+        while i + 8 <= len(buf):
+            size, kind = int.from_bytes(buf[i:i + 4], "big"), bytes(buf[i + 4:i + 8])
+            head = 8
+            if size == 1:
+                size, head = int.from_bytes(buf[i + 8:i + 16], "big"), 16
+            elif size == 0:
+                size = len(buf) - i
+            if size < head:
+                return
+            yield kind, buf[i + head:i + size]
+            i += size
+
+    def child(buf: memoryview, *path: bytes) -> memoryview | None:
+        for kind, body in boxes(buf):
+            if kind == path[0]:
+                return body if len(path) == 1 else child(body, *path[1:])
+        return None
+
+    view = memoryview(data)
+    for kind, trak in boxes(child(view, b"moov") or memoryview(b"")):
+        if kind != b"trak":
+            continue
+        hdlr, mdhd = child(trak, b"mdia", b"hdlr"), child(trak, b"mdia", b"mdhd")
+        stsz = child(trak, b"mdia", b"minf", b"stbl", b"stsz")
+        if hdlr is None or bytes(hdlr[8:12]) != b"vide" or mdhd is None or stsz is None:
+            continue
+        if mdhd[0] == 1:  # version 1: 64-bit times
+            scale, length = int.from_bytes(mdhd[20:24], "big"), int.from_bytes(mdhd[24:32], "big")
+        else:
+            scale, length = int.from_bytes(mdhd[12:16], "big"), int.from_bytes(mdhd[16:20], "big")
+        count = int.from_bytes(stsz[8:12], "big")
+        if scale and length and count:
+            return count, count / (length / scale)
+    raise SampleError("decode_error", "the clip's mp4 has no video track with frames")
 
 
 def _audio_probe(stream: dict[str, Any], fmt: dict[str, Any]) -> dict[str, Any]:

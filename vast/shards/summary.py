@@ -67,6 +67,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     if "run" in summary:
         run = summary["run"]
         lines.append(f"this run {run['seconds']:.1f} s, {run['clips_per_s']:.2f} clips/s")
+        if run.get("stages"):
+            lines.append(f"CPU      {run['cpu_s_per_clip']:.3f} s per clip in the stages and the driver "
+                         f"({run['driver_cpu_s']:.1f} s); by stage (bottleneck: share of the wall time):")
+            lines += [f"  {name:14s} {st['cpu_s']:8.1f} s   {st['cpu_s_per_clip']:.3f} s/clip   "
+                      f"bottleneck {100 * st['bottleneck_share']:.0f}%" for name, st in run["stages"].items()]
     if summary.get("notice"):
         lines.append(f"NOTE     {summary['notice']}")
     return "\n".join(lines)
