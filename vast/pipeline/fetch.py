@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from vast.config import ConfigError
+from vast.pipeline.inputs import source_path
 from vast.pipeline.stage import TRANSIENT_CLASSES, SampleError, Stage
+from vast.shards.schema import valid_text
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +196,7 @@ class Fetcher(Stage):
     def process(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         """Fetch one request; raises ``SampleError`` for a per-sample failure."""
         cfg: FetchConfig = self.config
-        source = str(row["source"])
+        source = source_path(str(row["source"]))  # a file:// source is a path whose bytes are not UTF-8
         start, end = float(row["start"]), float(row["end"])
         span = None if math.isnan(start) and math.isnan(end) else (start, end)
         if span is not None and not 0.0 <= start < end:
@@ -245,8 +247,9 @@ class Fetcher(Stage):
             media = path.read_bytes()
         except OSError as e:
             raise SampleError("unavailable", f"cannot read {path}: {e}") from None
-        info = {"id": path.stem, "title": path.stem, "extractor": "local", "webpage_url": str(path),
-                "ext": path.suffix.lstrip(".") or None, **probed, "bytes": len(media),
+        shown = Path(valid_text(str(path)))  # info is JSON: a name that is not UTF-8 shows its bytes escaped
+        info = {"id": shown.stem, "title": shown.stem, "extractor": "local", "webpage_url": str(shown),
+                "ext": shown.suffix.lstrip(".") or None, **probed, "bytes": len(media),
                 "section_downloaded": False}
         return media, 0.0, info
 

@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from vast.shards.schema import valid_text
+
 # Terminal failure classes (DESIGN.md "The ledger"); stages may add more specific ones.
 ERROR_CLASSES = (
     "invalid_input", "unavailable", "private", "age_restricted", "geo_blocked", "rate_limited",
@@ -93,8 +95,9 @@ def batch_of(rows: list[dict[str, Any]], columns: Iterable[str] | None = None,
 
 
 def fail(row: dict[str, Any], error_class: str, message: str, stage: str) -> dict[str, Any]:
-    """A copy of ``row`` in its terminal failed state."""
-    return {**row, "status": "failed", "error_class": error_class, "message": message, "stage": stage}
+    """A copy of ``row`` in its terminal failed state (the message made valid Unicode for Arrow)."""
+    return {**row, "status": "failed", "error_class": error_class, "message": valid_text(message),
+            "stage": stage}
 
 
 class Stage:
