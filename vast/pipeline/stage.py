@@ -20,11 +20,12 @@ import numpy as np
 
 from vast.shards.schema import valid_text
 
-# Terminal failure classes (DESIGN.md "The ledger"); stages may add more specific ones.
+# Terminal failure classes (DESIGN.md "The ledger"): exactly the ones README's table documents
+# (tests/test_failure_classes.py holds the two together); a stage that needs a new one adds it here.
 ERROR_CLASSES = (
     "invalid_input", "unavailable", "private", "age_restricted", "geo_blocked", "rate_limited",
     "network", "unsupported", "too_long", "too_large", "decode_error", "no_video_stream",
-    "empty_media", "stage_error", "other",
+    "empty_media", "out_of_memory", "stage_error", "other",
 )
 TRANSIENT_CLASSES = frozenset({"network", "rate_limited"})
 
