@@ -148,6 +148,8 @@ def run_graph(cfg: IngestConfig, requests: pa.Table, first_commit: int,
     """
     import ray
 
+    if requests.num_rows == 0:  # a rerun of a finished job, an empty retry: no cluster to start
+        return
     init_ray(cfg.ray)
     counter = _make_counter(first_commit, owners)
     window = cfg.ray.window_requests
