@@ -146,10 +146,10 @@ def run_graph(cfg: IngestConfig, requests: pa.Table, first_commit: int,
     Commit numbers start at ``first_commit``; ``owners`` seeds the clip keys already owned
     (``vast.shards.ledger.ClipOwners``).
     """
-    import ray
-
     if requests.num_rows == 0:  # a rerun of a finished job, an empty retry: no cluster to start
         return
+    import ray
+
     init_ray(cfg.ray)
     counter = _make_counter(first_commit, owners)
     window = cfg.ray.window_requests
