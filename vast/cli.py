@@ -83,9 +83,10 @@ def status(output: str, examples: int = 2) -> int:
     if classes:
         flags = " ".join(f"--class {c}" for c in classes)
         print(f"  finish the interrupted retries: vast-pipeline retry {output} {flags}")
-    files = sorted({i.rsplit(":", 1)[0] for i in planned["input"].to_pylist() if i})
-    print(f"  finish the rest: rerun the same `vast-pipeline ingest {' '.join(files[:3])}"
-          f"{' ...' if len(files) > 3 else ''} --output {output}` command")
+    if pending["error_class"].null_count:  # some have no failure of their own: ingest finishes them
+        files = sorted({i.rsplit(":", 1)[0] for i in planned["input"].to_pylist() if i})
+        print(f"  finish the rest: rerun the same `vast-pipeline ingest {' '.join(files[:3])}"
+              f"{' ...' if len(files) > 3 else ''} --output {output}` command")
     return 0
 
 
