@@ -2,6 +2,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from vast.cli import main, parse_overrides
 
 BIN = Path(sys.executable).parent
@@ -84,3 +86,19 @@ def test_sample_writes_media_and_an_ids_file(tmp_path, capsys):
     lines = [ln for ln in ids.read_text().splitlines() if ln and not ln.startswith("#")]
     assert len(lines) == 3 and all((tmp_path / "s" / "media").glob("*.mp4"))
     assert lines[1].startswith("file://")
+
+
+def test_a_read_only_output_is_refused_in_one_line(tmp_path, capsys):
+    """A read-only file system (a tmpfs mounted ``ro``; needs the right to mount, else skipped)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        ids = tmp_path / "ids.txt"
+        ids.write_text("dQw4w9WgXcQ\n")
+        assert main(["ingest", str(ids), "--config", "tiny", "--output", str(ro / "out")]) == 5
+        assert "Read-only file system" in one_line(capsys)
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)

@@ -346,7 +346,15 @@ def refusal(error: BaseException) -> tuple[int, str] | None:
         if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
             return EXIT_NOT_WRITABLE, (f"cannot write: {e.strerror} ({e.filename}): free space or fix "
                                        "permissions, then rerun the same command (committed work is kept)")
+        # a Ray worker's OSError reaches the driver as the text of its traceback only
+        remote = _REMOTE_OSERROR.search(str(e)) if type(e).__module__.startswith("ray") else None
+        if remote and int(remote.group(1)) in _WRITE_ERRNOS:
+            return EXIT_NOT_WRITABLE, (f"cannot write: {remote.group(2)}: free space or fix permissions, "
+                                       "then rerun the same command (committed work is kept)")
     return None
+
+
+_REMOTE_OSERROR = re.compile(r"\b\w*Error: \[Errno (\d+)\] ([^\n]+)")
 
 
 def _run_refusing(command: str, fn: Callable[[], int]) -> int:
