@@ -166,3 +166,24 @@ def test_claim_keys_reserves_spans_before_whole_videos_are_cut():
     assert (dup["input"], dup["status"], dup["key"]) == ("ids.txt:3", "duplicate", "v_6000_12000")
     assert "v_6000_12000" in dup["message"] and "request v" in dup["message"]
     assert claims.owners == {"u_6000_12000": ("u_6000_12000", "ids.txt:2", False)}
+
+
+def test_a_video_that_failed_again_after_it_was_cut_is_refetched_for_its_failed_clips_only():
+    clips = [row("w_0_6000", "w", "ok", commit=0, n_clips=2),
+             row("w_6000_12000", "w", "failed", "decode_error", commit=0, n_clips=2, start=6.0, end=12.0)]
+    # a retry of the decode_error whose fetch failed: the video's own row, newer than its clips
+    again = row("w", "w", "failed", "network", commit=1, start=math.nan, end=math.nan)
+    eff = effective(ledger_table([*clips, again]))
+    failed = eff.filter(pa.compute.equal(eff["error_class"], "network"))
+    requests, skip = retry_requests(eff, failed)
+    assert requests["request"].to_pylist() == ["w"] and skip == {"w": ["w_0_6000"]}
+
+
+def test_a_failed_video_whose_clips_all_belong_to_others_is_superseded():
+    failed = row("w", "w", "failed", "network", commit=0, start=math.nan, end=math.nan)
+    span = row("w_0_6000", "w_0_6000", "ok", commit=0, inp="ids.txt:2")
+    skipped = row("w_0_6000", "w", "duplicate", commit=1, n_clips=1)
+    eff = effective(ledger_table([failed, span, skipped]))
+    assert [(r["key"], r["status"]) for r in eff.to_pylist()] == [("w_0_6000", "ok"),
+                                                                  ("w_0_6000", "duplicate")]
+    assert sorted(resume_state(eff).done_requests.to_pylist()) == ["w", "w_0_6000"]

@@ -90,11 +90,18 @@ def retry_requests(ledger: pa.Table, failed: pa.Table,
                    planned: pa.Table | None = None) -> tuple[pa.Table, dict[str, list[str]]]:
     """The requests that re-create the ``failed`` clips, and the clip keys each must skip.
 
-    A failed span request is re-run as it was. A failed clip of a whole video (or the video's own
-    failure) re-runs the whole video, skipping every other settled clip of it. A request found in
+    A failed span request is re-run as it was. A failed clip of a whole video re-runs the whole
+    video, skipping every other settled clip of it; the video's own failure (its fetch failed, maybe
+    while re-cutting some clips) re-runs it skipping only its ``ok`` clips. A request found in
     ``planned`` (the saved plan) is taken from there whole, annotations given with the input included.
     """
     retried = set(failed["key"].to_pylist())
+    videos = pc.and_(pc.equal(failed["key"], failed["request"]), pc.is_nan(failed["start"]))
+    refetched = failed.filter(videos)["request"].combine_chunks()
+    own_failures = ledger.filter(pc.and_(pc.and_(pc.equal(ledger["status"], "failed"),
+                                                 pc.not_equal(ledger["key"], ledger["request"])),
+                                         pc.is_in(ledger["request"], value_set=refetched)))
+    retried |= set(own_failures["key"].to_pylist())
     rows: dict[str, dict[str, Any]] = {}
     for r in failed.to_pylist():
         if r["request"] in rows:
@@ -197,7 +204,7 @@ def claim_keys(todo: pa.Table, state: ResumeState) -> KeyClaims:
     is_span = pc.fill_null(pc.invert(pc.is_nan(todo["start"])), False)
     # clips of whole videos (their key is not their request's): the only keys a span can collide with
     clips = settled.filter(pc.not_equal(settled["key"], settled["request"]))
-    hit = pc.and_(is_span, pc.is_in(todo["key"], value_set=_array(clips["key"])))
+    hit = pc.and_(is_span, pc.is_in(todo["key"], value_set=clips["key"].combine_chunks()))
     duplicates = _settled_spans(todo.filter(hit), clips)
     todo, is_span = todo.filter(pc.invert(hit)), is_span.filter(pc.invert(hit))
 
@@ -240,10 +247,6 @@ def _settled_spans(spans: pa.Table, clips: pa.Table) -> pa.Table:
 
 def _rows(table: pa.Table, *columns: str) -> Any:
     return zip(*(table[c].to_pylist() for c in columns), strict=True)
-
-
-def _array(values: pa.ChunkedArray | pa.Array) -> pa.Array:
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def with_pipeline_columns(requests: pa.Table, skip: dict[str, list[str]]) -> pa.Table:

@@ -146,7 +146,7 @@ def effective(raw: pa.Table) -> pa.Table:
     dups = _last_per(raw, raw.filter(pc.equal(raw["status"], "duplicate")), ["input", "key"])
     is_req = pc.equal(keyed["key"], keyed["request"])
     clips, req_rows = keyed.filter(pc.invert(is_req)), keyed.filter(is_req)
-    if req_rows.num_rows and clips.num_rows:
+    if req_rows.num_rows and (clips.num_rows or dups.num_rows):
         progress = clip_progress(clips, dups, keyed["key"])
         joined = req_rows.join(progress, "request", join_type="left outer", use_threads=False)
         superseded = pc.fill_null(pc.and_(pc.greater_equal(joined["clips"], joined["n_clips_max"]),
