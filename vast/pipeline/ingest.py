@@ -194,7 +194,8 @@ def claim_keys(todo: pa.Table, state: ResumeState) -> KeyClaims:
     A span request whose clip a whole video already settled is not run: its line becomes a
     ``duplicate`` row naming the owner. A whole-video request skips (``skip_keys``) every clip key
     of its video that another request owns: settled ones, and the span requests of this run. The
-    owners (settled clips of the videos in ``todo``, and the reserved spans) seed ``ClipOwners``.
+    owners of those videos' keys (settled clips, reserved spans) seed ``ClipOwners``; other keys
+    are claimed at the sink as they come.
     """
     settled = state.settled
     needed = {"request", "key", "input", "video_id", "start", "skip_keys"}
@@ -211,12 +212,13 @@ def claim_keys(todo: pa.Table, state: ResumeState) -> KeyClaims:
     whole_vids = pc.unique(todo.filter(pc.invert(is_span))["video_id"])
     if len(whole_vids) == 0:
         return KeyClaims(todo, duplicates, {})
+    # only the videos a whole-video request cuts can collide: their keys alone seed the writer
     reserved = todo.filter(pc.and_(is_span, pc.is_in(todo["video_id"], value_set=whole_vids)))
-    known = settled.filter(pc.is_in(settled["video_id"], value_set=pc.unique(todo["video_id"])))
+    known = settled.filter(pc.is_in(settled["video_id"], value_set=whole_vids))
     owners = {k: (r, i, s == "ok") for k, r, i, s in _rows(known, "key", "request", "input", "status")}
     owners.update({k: (r, i, False) for k, r, i in _rows(reserved, "key", "request", "input")})
     taken: dict[str, list[tuple[str, str]]] = {}  # video id → [(clip key, owner request)]
-    for table in (known.filter(pc.is_in(known["video_id"], value_set=whole_vids)), reserved):
+    for table in (known, reserved):
         for vid, k, r in _rows(table, "video_id", "key", "request"):
             taken.setdefault(vid, []).append((k, r))
     if taken:
