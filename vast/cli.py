@@ -329,7 +329,7 @@ def refusal(error: BaseException) -> tuple[int, str] | None:
         if e is None or any(e is s for s in seen):
             continue
         seen.append(e)
-        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        todo += [e.__cause__, getattr(e, "cause", None)]  # not __context__: a bug while handling stays one
     for e in seen:
         if isinstance(e, KeyboardInterrupt):
             return EXIT_INTERRUPTED, "interrupted: committed work is kept; rerun the same command to go on"
