@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from vast.pipeline.ingest import plan_todo
+from vast.pipeline.ingest import claim_keys, plan_todo
 from vast.pipeline.inputs import read_inputs
 from vast.shards.ledger import LEDGER_SCHEMA, RESUME_COLUMNS, ResumeState, read_ledger, resume_state
 from vast.shards.store import OutputStore
@@ -65,7 +65,7 @@ def plan_once(ids: Path, output: str) -> tuple[float, pa.Table, pa.Table, Resume
     reqs = read_inputs([ids])
     requests = reqs.table()
     state = resume_state(read_ledger(OutputStore(output), RESUME_COLUMNS))
-    todo = plan_todo(requests, state)
+    todo = claim_keys(plan_todo(requests, state), state).todo
     return time.perf_counter() - t0, requests, todo, state, reqs.rejected_table().num_rows
 
 

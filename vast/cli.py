@@ -8,6 +8,7 @@ named flags, applied on top of the chosen preset (``--config demo`` or a YAML fi
 from __future__ import annotations
 
 import argparse
+import errno
 import inspect
 import re
 import sys
@@ -49,19 +50,20 @@ def ingest(inputs: list[str], config: str = "demo", output: str | None = None, a
 
 
 def status(output: str, examples: int = 2) -> int:
-    """Show progress and failures by class of an output directory.
+    """Show progress, failures by class, and the requests still pending with how to finish them.
 
     Args:
         output: the output directory or URL of an ingest
-        examples: example messages shown per failure class
+        examples: example messages shown per failure class (and pending requests shown)
     """
     import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
-    from vast.shards.ledger import read_ledger
+    from vast.shards.ledger import pending_requests, read_ledger
     from vast.shards.store import OutputStore
     from vast.shards.summary import format_summary, summarize
 
-    store = OutputStore(output)
+    store = OutputStore(output, create=False)
     print(format_summary(summarize(store)))
     example = _example_subtitle(store)
     if example:
@@ -72,6 +74,26 @@ def status(output: str, examples: int = 2) -> int:
         rows = failed.filter(pc.equal(failed["error_class"], cls)).slice(0, examples).to_pylist()
         for r in rows:
             print(f"  {cls:<14} {r['key'] or r['input']}: {r['message'][:160]}")
+    if not store.exists("plan.parquet"):
+        return 0
+    with store.open("plan.parquet") as f:
+        planned = pq.read_table(f, columns=["request", "input"])
+    pending = pending_requests(planned, ledger)
+    if pending.num_rows == 0:
+        return 0
+    print(f"pending  {pending.num_rows} request(s) not settled yet, e.g.:")
+    for r in pending.slice(0, max(examples, 1)).to_pylist():
+        got = "not started" if r["clips"] is None else f"{r['clips']} of {r['n_clips']} clips settled"
+        why = f"; its own failure: {r['error_class']}" if r["error_class"] else ""
+        print(f"  {r['input']}  {r['request']} ({got}{why})")
+    classes = sorted({c for c in pending["error_class"].to_pylist() if c})
+    if classes:
+        flags = " ".join(f"--class {c}" for c in classes)
+        print(f"  finish the interrupted retries: vast-pipeline retry {output} {flags}")
+    if pending["error_class"].null_count:  # some have no failure of their own: ingest finishes them
+        files = sorted({i.rsplit(":", 1)[0] for i in planned["input"].to_pylist() if i})
+        print(f"  finish the rest: rerun the same `vast-pipeline ingest {' '.join(files[:3])}"
+              f"{' ...' if len(files) > 3 else ''} --output {output}` command")
     return 0
 
 
@@ -103,10 +125,11 @@ def retry(output: str, classes: list[str], overrides: dict[str, str] | None = No
     """
     from vast.config import apply_override, from_dict, to_dict
     from vast.pipeline.config import IngestConfig
+    from vast.pipeline.ingest import check_classes, saved_config
     from vast.pipeline.ingest import retry as run_retry
-    from vast.pipeline.ingest import saved_config
     from vast.shards.summary import format_summary
 
+    check_classes(classes or [])  # before anything starts
     data = to_dict(saved_config(output))
     data["output"] = output
     for k, v in (overrides or {}).items():
@@ -390,27 +413,80 @@ def parse_overrides(extra: list[str]) -> dict[str, str]:
     return out
 
 
+# Exit codes of a refused command (README "Command line"): one line on stderr says why and what to do.
+EXIT_USAGE, EXIT_INPUT, EXIT_NOT_OUTPUT, EXIT_NOT_WRITABLE, EXIT_LOCKED, EXIT_INTERRUPTED = 2, 3, 4, 5, 6, 130
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def refusal(error: BaseException) -> tuple[int, str] | None:
+    """(exit code, one line) for an error that refuses a command, None for anything else (a bug)."""
+    from vast.pipeline.inputs import InputFileError
+    from vast.shards.store import NotAnOutput, OutputLocked, OutputNotWritable
+
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [error]
+    while todo:  # the error itself, then what caused it (a Ray task's error wraps the worker's)
+        e = todo.pop(0)
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo += [e.__cause__, getattr(e, "cause", None)]  # not __context__: a bug while handling stays one
+    for e in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return EXIT_INTERRUPTED, "interrupted: committed work is kept; rerun the same command to go on"
+        if isinstance(e, ConfigError):
+            return EXIT_USAGE, str(e)
+        if isinstance(e, (InputFileError, FileNotFoundError)):
+            return EXIT_INPUT, str(e)
+        if isinstance(e, NotAnOutput):
+            return EXIT_NOT_OUTPUT, str(e)
+        if isinstance(e, OutputNotWritable):
+            return EXIT_NOT_WRITABLE, str(e)
+        if isinstance(e, OutputLocked):
+            return EXIT_LOCKED, str(e)
+        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+            return EXIT_NOT_WRITABLE, (f"cannot write: {e.strerror} ({e.filename}): free space or fix "
+                                       "permissions, then rerun the same command (committed work is kept)")
+        # a Ray worker's OSError reaches the driver as the text of its traceback only
+        remote = _REMOTE_OSERROR.search(str(e)) if type(e).__module__.startswith("ray") else None
+        if remote and int(remote.group(1)) in _WRITE_ERRNOS:
+            return EXIT_NOT_WRITABLE, (f"cannot write: {remote.group(2)}: free space or fix permissions, "
+                                       "then rerun the same command (committed work is kept)")
+    return None
+
+
+_REMOTE_OSERROR = re.compile(r"\b\w*Error: \[Errno (\d+)\] ([^\n]+)")
+
+
+def _run_refusing(command: str, fn: Callable[[], int]) -> int:
+    try:
+        return fn()
+    except (Exception, KeyboardInterrupt) as e:
+        refused = refusal(e)
+        if refused is None:
+            raise
+        code, line = refused
+        print(f"vast-pipeline {command}: error: {' '.join(line.split())}", file=sys.stderr)
+        return code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in PASSTHROUGH:
-        try:
-            return PASSTHROUGH[argv[0]](argv[1:])
-        except (ConfigError, FileNotFoundError) as e:
-            print(f"vast-pipeline {argv[0]}: error: {e}", file=sys.stderr)
-            return 2
+        return _run_refusing(argv[0], lambda: PASSTHROUGH[argv[0]](argv[1:]))
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     fn = COMMANDS[args.command]
     kwargs = {k: v for k, v in vars(args).items() if k != "command"}
-    try:
+    if "overrides" not in inspect.signature(fn).parameters and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+
+    def call() -> int:
         if "overrides" in inspect.signature(fn).parameters:
             kwargs["overrides"] = parse_overrides(extra)
-        elif extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return fn(**kwargs)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"vast-pipeline {args.command}: error: {e}", file=sys.stderr)
-        return 2
+
+    return _run_refusing(args.command, call)
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ def test_strict_refuses_malformed_input_before_any_work(tmp_path, media_root):
     ids.write_text(f"{media_root / 'tone.mp4'} 1 6\nnot a video!\n")
     output = tmp_path / "out"
     code = main(["ingest", str(ids), "--config", "tiny", "--output", str(output), "--strict"])
-    assert code == 2
+    assert code == 3
     assert not list(output.glob("ledger/*.parquet")) and not list(output.glob("*.tar"))
 
 

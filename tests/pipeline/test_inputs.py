@@ -1,11 +1,14 @@
 import json
 import math
+import os
+import random
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vast.pipeline.inputs import read_inputs
+from vast.pipeline.inputs import InputFileError, read_inputs, source_path
 from vast.pipeline.keys import clip_key, parse_time, request_key, sanitize, video_id_for, youtube_id
 
 
@@ -73,9 +76,62 @@ def test_csv_jsonl_parquet_pass_extra_columns(tmp_path):
     assert "video_id" in rej[0]["message"]
 
 
-def test_missing_input_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="input file not found"):
+def test_an_input_file_that_cannot_be_input_refuses_the_run(tmp_path):
+    with pytest.raises(InputFileError, match="input file not found"):
         read_inputs([tmp_path / "nope.txt"])
+    fifo = tmp_path / "ids.fifo"
+    os.mkfifo(fifo)  # reading it would block forever
+    with pytest.raises(InputFileError, match="not a regular file"):
+        read_inputs([fifo])
+    garbage = tmp_path / "ids.txt"
+    garbage.write_bytes(random.Random(0).randbytes(4096))
+    with pytest.raises(InputFileError, match="is not a text file"):
+        read_inputs([garbage])
+    latin1_csv = tmp_path / "in.csv"
+    latin1_csv.write_bytes("video_id,label\ndQw4w9WgXcQ,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(InputFileError, match="is not UTF-8"):
+        read_inputs([latin1_csv])
+    broken = tmp_path / "in.json"
+    broken.write_text("[{")
+    with pytest.raises(InputFileError, match="not valid JSON"):
+        read_inputs([broken])
+
+
+def test_a_nul_byte_in_a_source_is_invalid_input_in_every_format(tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes(b"dQw4w9WgXcQ 1 2\n/media/a\x00b.mp4 0 5\n")  # one NUL is a bad line, not a binary file
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text(json.dumps({"url": "/media/a\u0000b.mp4"}) + "\n")
+    reqs = read_inputs([ids, jsonl])
+    assert reqs.table()["request"].to_pylist() == ["dQw4w9WgXcQ_1000_2000"]
+    rej = reqs.rejected_table().to_pylist()
+    assert [(r["input"], r["error_class"]) for r in rej] == [(f"{ids}:2", "invalid_input"),
+                                                            (f"{jsonl}:1", "invalid_input")]
+    assert all("NUL byte" in r["message"] for r in rej)
+
+
+def test_file_names_that_are_not_utf8_are_reached_byte_exact_with_ascii_keys(tmp_path):
+    folder = os.fsencode(tmp_path)
+    name = folder + b"/caf\xe9 \xff.mp4"  # Latin-1 and a byte no encoding maps: as the OS gives them
+    with open(name, "wb") as f:
+        f.write(b"media")
+    ids_name = folder + b"/ids-\xe9.txt"
+    with open(ids_name, "wb") as f:
+        f.write(b"caf\xe9 \xff.mp4 0 5\n" + b"file://" + folder + b"/caf%E9%20%FF.mp4\n")
+    reqs = read_inputs([os.fsdecode(ids_name)])
+    rows = reqs.table().to_pylist()
+    assert reqs.rejected_table().num_rows == 0 and len(rows) == 2
+    for r in rows:
+        assert r["source"].isascii() and r["source"].startswith("file://")
+        assert os.fsencode(source_path(r["source"])) == name  # the same bytes reach the OS
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", r["key"])
+    assert rows[0]["video_id"] == rows[1]["video_id"]  # one file, one id, however it was named
+    assert rows[0]["input"] == f"{tmp_path}/ids-\\xe9.txt:1"  # the input line, readable and valid text
+    # a UTF-8 path stays a plain path
+    assert source_path(rows[0]["source"]) != rows[0]["source"]
+    (tmp_path / "é.mp4").write_bytes(b"media")
+    (tmp_path / "ids2.txt").write_text("é.mp4\n")
+    assert read_inputs([tmp_path / "ids2.txt"]).table()["source"].to_pylist() == [str(tmp_path / "é.mp4")]
 
 
 def test_keys_are_stable_and_safe():

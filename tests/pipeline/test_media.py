@@ -176,12 +176,15 @@ def test_whole_video_cut_at_scenes(media, scene_rows):
     assert [r["key"] for r in run([request(media["scenes"], "vidS")])] == [r["key"] for r in rows]
 
 
-def test_skip_keys_are_not_emitted(media, scene_rows):
+def test_skip_keys_are_not_cut_but_still_accounted(media, scene_rows):
     keys = [r["key"] for r in scene_rows]
     rows = run([request(media["scenes"], "vidS", skip=keys[:-1])])
-    assert [r["key"] for r in rows] == keys[-1:]
-    assert rows[0]["n_clips"] == len(keys)
-    assert run([request(media["scenes"], "vidS", skip=keys)]) == []
+    expected = [(k, "duplicate") for k in keys[:-1]] + [(keys[-1], "ok")]
+    assert [(r["key"], r["status"]) for r in rows] == expected
+    assert all(r["n_clips"] == len(keys) for r in rows)
+    assert all(r["mp4"] == b"" for r in rows[:-1]) and rows[-1]["mp4"]
+    every = run([request(media["scenes"], "vidS", skip=keys)])
+    assert [r["status"] for r in every] == ["duplicate"] * len(keys)
 
 
 def test_short_whole_video_stays_one_clip(media):

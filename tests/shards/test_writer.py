@@ -127,3 +127,17 @@ def test_every_clip_of_a_run_lasts_exactly_its_keyed_span(corpus):
                 assert info["num_frames"] == frames
             kinds.add((info["has_video"], info["has_audio"]))
     assert kinds == {(True, True), (True, False), (False, True)}  # placeholders follow the rule too
+
+
+def test_a_key_twice_in_one_batch_is_one_tar_member_and_a_duplicate_row(tmp_path):
+    out = str(tmp_path / "out")
+    twice = {**clip_row("a_1000_6000"), "request": "a", "input": "ids.txt:2"}
+    ledger = ShardWriter(out).commit([clip_row("a_1000_6000"), twice, clip_row("b_1000_6000")], 0)
+    assert list(zip(ledger["key"].to_pylist(), ledger["status"].to_pylist(), strict=True)) == [
+        ("a_1000_6000", "ok"), ("b_1000_6000", "ok"), ("a_1000_6000", "duplicate")]
+    assert "ids.txt:1" in ledger["message"][2].as_py()
+    # plain webdataset raises "duplicate file name in tar file" on a second member of one key
+    samples = list(wds.WebDataset(str(tmp_path / "out" / "shard-000000.tar"), shardshuffle=False))
+    assert [s["__key__"] for s in samples] == ["a_1000_6000", "b_1000_6000"]
+    assert pq.read_table(tmp_path / "out" / "shard-000000.parquet")["key"].to_pylist() == [
+        "a_1000_6000", "b_1000_6000"]

@@ -42,9 +42,10 @@ from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 from vast.config import ConfigError
-from vast.pipeline.inputs import AUDIO_SUFFIXES, VIDEO_SUFFIXES
+from vast.pipeline.inputs import AUDIO_SUFFIXES, VIDEO_SUFFIXES, source_path
 from vast.pipeline.media import ffprobe
 from vast.pipeline.stage import TRANSIENT_CLASSES, SampleError, Stage, batch_of, fail, rows_of
+from vast.shards.schema import valid_text
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ class Fetcher(Stage):
         if span is not None and span[1] - span[0] > cfg.max_source_s:
             raise SampleError("too_long", f"span of {span[1] - span[0]:.1f}s exceeds max_source_s="
                                           f"{cfg.max_source_s:g}s")
-        source = str(row["source"])
+        source = source_path(str(row["source"]))  # a file:// source is a path whose bytes are not UTF-8
         if not source.startswith(("http://", "https://")) and not os.path.isabs(source):
             raise SampleError("invalid_input", f"source is neither an http(s) URL nor an absolute path: "
                                                f"{source!r}")
@@ -316,7 +317,7 @@ class Fetcher(Stage):
         section = None if any(s is None for s in spans) else (min(s[0] for s in spans),  # type: ignore[index]
                                                               max(s[1] for s in spans))  # type: ignore[index]
         if not source.startswith(("http://", "https://")):
-            return self._read_local(Path(source), section)
+            return self._read_local(Path(source_path(source)), section)
         folder.mkdir(parents=True, exist_ok=True)
         if self._direct(source):
             got = self._with_retries(lambda: self._get_direct(source, section, folder))
@@ -356,8 +357,9 @@ class Fetcher(Stage):
         duration = probed.get("duration")
         if span is None and duration is not None and duration > cfg.max_source_s:
             raise _too_long(str(path), duration, cfg.max_source_s)
-        info = {"id": path.stem, "title": path.stem, "extractor": "local", "webpage_url": str(path),
-                "ext": path.suffix.lstrip(".") or None, **probed, "bytes": size,
+        shown = Path(valid_text(str(path)))  # info is JSON: a name that is not UTF-8 shows its bytes escaped
+        info = {"id": shown.stem, "title": shown.stem, "extractor": "local", "webpage_url": str(shown),
+                "ext": shown.suffix.lstrip(".") or None, **probed, "bytes": size,
                 "section_downloaded": False}
         return _Fetched(path, 0.0, info, raw)
 

@@ -60,24 +60,29 @@ def init_ray(opts: RayOptions) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def _make_counter(start: int) -> Any:
+def _make_counter(start: int, owners: dict[str, tuple[str, str, bool]] | None) -> Any:
     import ray
+
+    from vast.shards.ledger import ClipOwners
 
     @ray.remote(num_cpus=0)
     class CommitCounter:
-        """Hands out commit numbers; the same batch (by content) always gets the same number."""
+        """Hands out commit numbers and settles clip-key owners (``ClipOwners``) for the whole run;
+        the same batch (by content) always gets the same number and the same verdicts."""
 
-        def __init__(self, start: int):
+        def __init__(self, start: int, owners: dict[str, tuple[str, str, bool]] | None):
             self.next = start
-            self.numbers: dict[str, int] = {}
+            self.numbers: dict[str, tuple[int, list[tuple[str, str]]]] = {}
+            self.owners = ClipOwners(owners)
 
-        def number(self, digest: str) -> int:
+        def number(self, digest: str,
+                   rows: list[tuple[str, str, str, str]]) -> tuple[int, list[tuple[str, str]]]:
             if digest not in self.numbers:
-                self.numbers[digest] = self.next
+                self.numbers[digest] = (self.next, self.owners.verdicts(rows))
                 self.next += 1
             return self.numbers[digest]
 
-    return CommitCounter.remote(start)
+    return CommitCounter.remote(start, owners)
 
 
 class _Meter:
@@ -169,14 +174,16 @@ def _commit_batch(output: str, counter: Any, slots: float, batch: dict[str, Any]
     """The graph's sink: one call, one commit; a retried task gets the same commit number."""
     import ray
 
+    from vast.shards.ledger import apply_verdicts
     from vast.shards.writer import ShardWriter
 
     meter = _Meter()
     rows = rows_of(batch)
     digest = hashlib.sha1("\n".join(sorted(f"{r['key']}|{r['input']}|{r['status']}" for r in rows))
                           .encode()).hexdigest()
-    number = ray.get(counter.number.remote(digest))
-    table = ShardWriter(output).commit(rows, number)
+    claims = [(r["key"], r["request"], r["input"], r["status"]) for r in rows]
+    number, verdicts = ray.get(counter.number.remote(digest, claims))
+    table = ShardWriter(output).commit(apply_verdicts(rows, verdicts), number)
     times = _with_times({TIMES: batch.get(TIMES, [])}, [meter.record("commit", slots)])[TIMES]
     # the ledger has a row per clip, the batch one per row: the records ride on the first of either
     column = [times[0] if len(times) else ""] + [""] * (table.num_rows - 1) if table.num_rows else []
@@ -279,18 +286,20 @@ def build_dataset(cfg: IngestConfig, requests: pa.Table, counter: Any, prepare: 
 
 
 def run_graph(cfg: IngestConfig, requests: pa.Table, first_commit: int,
-              on_commit: Callable[[pa.Table], None], prepare: Prepare | None = None) -> None:
+              on_commit: Callable[[pa.Table], None], prepare: Prepare | None = None,
+              owners: dict[str, tuple[str, str, bool]] | None = None) -> None:
     """Run the graph over ``requests``; ``on_commit`` sees each commit's ledger rows as they land.
 
-    Commit numbers start at ``first_commit``.
+    Commit numbers start at ``first_commit``; ``owners`` seeds the clip keys already owned
+    (``vast.shards.ledger.ClipOwners``).
     """
+    if requests.num_rows == 0:  # a rerun of a finished job, an empty retry: no cluster to start
+        return
     import ray
     from ray.data.block import BlockAccessor
 
-    if not requests.num_rows:
-        return  # everything is settled: no cluster to start
     init_ray(cfg.ray)
-    counter = _make_counter(first_commit)
+    counter = _make_counter(first_commit, owners)
     window = cfg.ray.window_requests
     try:
         # one dataset per window of requests: the object store never holds more than a window

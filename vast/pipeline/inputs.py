@@ -18,7 +18,13 @@ Accepted files:
 
 A line that cannot be understood is not an exception: it becomes a rejected row naming file and
 line, committed to the ledger as ``invalid_input``. The same request twice is processed once; the
-later lines are rejected as ``duplicate`` (they name the line they repeat).
+later lines are rejected as ``duplicate`` (they name the line they repeat). A file that cannot be
+read as input at all (missing, not a regular file, binary, not UTF-8 where UTF-8 is required)
+raises ``InputFileError``: the run is refused before any work.
+
+Paths are handled as the OS gives them: a text file is read as bytes, and bytes that are not
+UTF-8 reach the OS unchanged (``surrogateescape``); such a path travels as a ``file://`` URL
+that percent-encodes its bytes (Arrow strings must be UTF-8) and ``source_path`` turns it back.
 """
 
 from __future__ import annotations
@@ -30,12 +36,13 @@ import os
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote_to_bytes, urlparse
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from vast.pipeline.keys import YOUTUBE_ID, parse_time, request_key, sanitize, video_id_for, youtube_id
+from vast.shards.schema import valid_text
 
 YOUTUBE_WATCH = "https://www.youtube.com/watch?v={}"
 _TIMELIKE = re.compile(r"^[0-9][0-9:.]*$")
@@ -65,6 +72,10 @@ class InputError(ValueError):
     """A malformed input line (its message names what is wrong with it)."""
 
 
+class InputFileError(ValueError):
+    """An input file that cannot be used at all; the run is refused before any work."""
+
+
 class Requests:
     """Columnar requests plus the rejected lines, in input order.
 
@@ -88,6 +99,7 @@ class Requests:
         """Add one request (``video_id`` defaults to one derived from the source)."""
         vid = sanitize(video_id) if video_id else video_id_for(source)
         req = request_key(vid, start, end)
+        where = valid_text(where)
         c = self._cols
         c["request"].append(req)
         c["key"].append(req)
@@ -109,6 +121,7 @@ class Requests:
     def reject(self, where: str, message: str) -> None:
         """Record a malformed line as an ``invalid_input`` row."""
         r = self._rejected
+        where, message = valid_text(where), valid_text(message)
         for name, value in zip(REJECT_SCHEMA.names, (where, "", "", "failed", "invalid_input", message),
                                strict=True):
             r[name].append(value)
@@ -162,10 +175,15 @@ class Requests:
 
 
 def resolve_source(text: str, base: Path) -> tuple[str, str | None]:
-    """A YouTube id, URL, ``file://`` URL or path → (URL or absolute path, YouTube id or None)."""
+    """A YouTube id, URL, ``file://`` URL or path → (URL or absolute path, YouTube id or None).
+
+    A local path whose bytes are not UTF-8 comes back as a ``file://`` URL (see ``source_text``).
+    """
     text = text.strip()
     if not text:
         raise InputError("empty source")
+    if "\x00" in text:
+        raise InputError("the source holds a NUL byte, which no path or URL can hold")
     base_s = str(base)
     # the common case first, cheaply: a bare YouTube id (unless a file of that name is beside us)
     if YOUTUBE_ID.match(text) and not os.path.exists(os.path.join(base_s, text)):
@@ -174,19 +192,37 @@ def resolve_source(text: str, base: Path) -> tuple[str, str | None]:
     if scheme in ("http", "https"):
         if not urlparse(text).hostname:
             raise InputError(f"URL without a host: {text!r}")
+        if not text.isascii():  # raw bytes that are not UTF-8 are percent-encoded, as a browser does
+            text = quote(text.encode("utf-8", "surrogateescape"), safe="!#$%&'()*+,/:;=?@[]~")
         return text, youtube_id(text)
     if scheme == "file":
-        path = unquote(urlparse(text).path)
+        path = os.fsdecode(unquote_to_bytes(urlparse(text).path))
         if not path.startswith("/"):
             raise InputError(f"file:// URL must hold an absolute path: {text!r}")
-        return os.path.normpath(path), None
+        return source_text(os.path.normpath(path)), None
     if len(scheme) > 1:  # a one-letter scheme is a Windows drive, which we treat as a path below
         raise InputError(f"unsupported URL scheme {scheme!r} in {text!r} (use http(s), file:// or a path)")
     path = os.path.expanduser(text)
     looks_like_path = "/" in text or os.path.splitext(text)[1].lower() in _MEDIA_SUFFIXES
     if not looks_like_path and not os.path.exists(os.path.join(base_s, path)):
         raise InputError(f"{text!r} is not a YouTube id (11 characters), an http(s) URL or a media path")
-    return os.path.abspath(os.path.join(base_s, path)), None
+    return source_text(os.path.abspath(os.path.join(base_s, path))), None
+
+
+def source_text(path: str) -> str:
+    """The ``source`` of an absolute local path: the path, or a ``file://`` URL when it is not UTF-8."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return "file://" + quote(path.encode("utf-8", "surrogateescape"), safe="/")
+
+
+def source_path(source: str) -> str:
+    """The OS path of a local ``source`` (inverse of ``source_text``); URLs come back unchanged."""
+    if source.startswith("file://"):
+        return os.fsdecode(unquote_to_bytes(urlparse(source).path))
+    return source
 
 
 def _span(start: Any, end: Any) -> tuple[float, float]:
@@ -210,9 +246,18 @@ def _span(start: Any, end: Any) -> tuple[float, float]:
 
 def _read_text(path: Path, out: Requests) -> None:
     base = path.parent
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.strip()
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+        if _looks_binary(head):
+            raise InputFileError(
+                f"{valid_text(str(path))} is not a text file (mostly control or undecodable bytes in its "
+                f"first {_SNIFF_BYTES // 1024} KiB): an ids file holds one SOURCE [START END] per line in "
+                "UTF-8; records go in .csv, .jsonl, .json or .parquet files")
+        f.seek(0)
+        for lineno, raw_bytes in enumerate(f, 1):
+            # bytes that are not UTF-8 stay the bytes they were (a file name as the OS spells it)
+            raw = raw_bytes.decode("utf-8", "surrogateescape")
+            line = raw.strip().lstrip("\ufeff") if lineno == 1 else raw.strip()
             if not line or line.startswith("#"):
                 continue
             hash_at = line.find(" #")
@@ -232,7 +277,23 @@ def _read_text(path: Path, out: Requests) -> None:
                 source, vid = resolve_source(text, base)
                 out.add(where, source, s, e, video_id=vid)
             except InputError as err:
-                out.reject(where, f"{err} in line {raw.rstrip()!r}")
+                out.reject(where, f"{err} in line {raw.rstrip()[:300]!r}")
+
+
+_SNIFF_BYTES = 8192
+
+
+def _looks_binary(head: bytes) -> bool:
+    """More than a tenth undecodable bytes or control characters (NUL included): not a text file.
+
+    A stray NUL or Latin-1 name is one bad line (``invalid_input``) or a name as the OS spells it;
+    random bytes, UTF-16 or an image are a wrong file.
+    """
+    text = head.decode("utf-8", "surrogateescape")
+    if len(head) == _SNIFF_BYTES:
+        text = text[:-3]  # the read may have cut the last character in half
+    bad = sum(1 for ch in text if "\udc80" <= ch <= "\udcff" or (ch < " " and ch not in "\t\n\r\f\v"))
+    return bad > len(text) / 10
 
 
 # A clip id of the VAST-27M/HD-VILA releases: a YouTube id, a dot (or _) and the clip's index.
@@ -404,14 +465,23 @@ def _read_records(path: Path, out: Requests) -> None:
 
 
 def read_inputs(paths: list[str | Path]) -> Requests:
-    """Parse every input file, in order; raises FileNotFoundError for a missing file."""
+    """Parse every input file, in order; ``InputFileError`` for a file that cannot be read as input."""
     out = Requests()
     for p in paths:
         path = Path(p)
-        if not path.is_file():
-            raise FileNotFoundError(f"input file not found: {path}")
-        if path.suffix.lower() in (".csv", ".json", ".jsonl", ".parquet"):
-            _read_records(path, out)
-        else:
-            _read_text(path, out)
+        shown = valid_text(str(path))
+        if not path.exists():
+            raise InputFileError(f"input file not found: {shown}")
+        if not path.is_file():  # a FIFO or a device would block or never end
+            raise InputFileError(f"input file {shown} is not a regular file")
+        try:
+            if path.suffix.lower() in (".csv", ".json", ".jsonl", ".parquet"):
+                _read_records(path, out)
+            else:
+                _read_text(path, out)
+        except UnicodeDecodeError as err:
+            raise InputFileError(f"input file {shown} is not UTF-8 ({err.reason}): "
+                                 "save it as UTF-8") from None
+        except (InputError, OSError, csv.Error, pa.ArrowException) as err:
+            raise InputFileError(f"cannot read input file {shown}: {valid_text(str(err))}") from None
     return out

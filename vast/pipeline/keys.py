@@ -56,7 +56,8 @@ def video_id_for(source: str) -> str:
     if yt:
         return yt
     stem = PurePosixPath(urlparse(source).path).stem or "video"
-    digest = hashlib.sha1(source.encode()).hexdigest()[:8]
+    # surrogateescape: a path the OS gave us as bytes that are not UTF-8 hashes as those bytes
+    digest = hashlib.sha1(source.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{sanitize(stem)[:48]}-{digest}"
 
 

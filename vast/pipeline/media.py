@@ -106,7 +106,7 @@ class MediaCutter(Stage):
             self._probes = {}
 
     def process(self, row: dict[str, Any]) -> list[dict[str, Any]]:
-        """One fetched request → its clip rows (committed clips in ``skip_keys`` left out)."""
+        """One fetched request → its clip rows (clips in ``skip_keys`` not cut: ``duplicate`` rows)."""
         offset = float(row.get("media_offset") or 0.0)
         skip = set(row["skip_keys"]) if row.get("skip_keys") is not None else set()
         with tempfile.TemporaryDirectory(prefix="vast-media-") as tmp:
@@ -132,9 +132,10 @@ class MediaCutter(Stage):
             out = []
             for rel_start, rel_end, abs_start, abs_end in spans:
                 key = clip_key(row["video_id"], abs_start, abs_end)
-                if key in skip:
-                    continue
                 clip_row = {**row, "key": key, "start": abs_start, "end": abs_end, "n_clips": len(spans)}
+                if key in skip:  # settled, or another request's: a row still, so the request counts it
+                    out.append({**clip_row, "status": "duplicate", "stage": self.name})
+                    continue
                 try:
                     out.append({**clip_row, **self._cut(src, Path(tmp), rel_start, rel_end, probe, offset)})
                 except SampleError as e:

@@ -18,11 +18,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-# Terminal failure classes (DESIGN.md "The ledger"); stages may add more specific ones.
+from vast.shards.schema import valid_text
+
+# Terminal failure classes (DESIGN.md "The ledger"): exactly the ones README's table documents
+# (tests/test_failure_classes.py holds the two together); a stage that needs a new one adds it here.
 ERROR_CLASSES = (
     "invalid_input", "unavailable", "private", "age_restricted", "geo_blocked", "rate_limited",
     "network", "unsupported", "too_long", "too_large", "decode_error", "no_video_stream",
-    "empty_media", "stage_error", "other",
+    "empty_media", "out_of_memory", "stage_error", "other",
 )
 TRANSIENT_CLASSES = frozenset({"network", "rate_limited"})
 
@@ -93,8 +96,9 @@ def batch_of(rows: list[dict[str, Any]], columns: Iterable[str] | None = None,
 
 
 def fail(row: dict[str, Any], error_class: str, message: str, stage: str) -> dict[str, Any]:
-    """A copy of ``row`` in its terminal failed state."""
-    return {**row, "status": "failed", "error_class": error_class, "message": message, "stage": stage}
+    """A copy of ``row`` in its terminal failed state (the message made valid Unicode for Arrow)."""
+    return {**row, "status": "failed", "error_class": error_class, "message": valid_text(message),
+            "stage": stage}
 
 
 class Stage:

@@ -61,6 +61,14 @@ MANIFEST_SCHEMA = pa.schema([
 ])
 
 
+def valid_text(text: str) -> str:
+    """``text`` as valid Unicode (Arrow strings and JSON must be): bytes the OS gave us that are not
+    UTF-8 (``surrogateescape``) become ``\\xNN`` escapes."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _loads(text: Any) -> Any:
     if isinstance(text, (dict, list)):
         return text

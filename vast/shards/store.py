@@ -30,15 +30,44 @@ import fsspec
 COMMIT_RE = re.compile(r"(?:shard|part)-(\d{6,})\.(?:tar|parquet)$")
 
 
-class OutputStore:
-    """An output directory addressed by path or URL (``out/``, ``s3://bucket/corpus``)."""
+class OutputError(Exception):
+    """An output directory that cannot be used as asked; the command is refused."""
 
-    def __init__(self, url: str):
+
+class NotAnOutput(OutputError):
+    """The path holds no output of ``ingest`` (nothing is created there)."""
+
+
+class OutputNotWritable(OutputError):
+    """The output cannot be written (read-only, no permission, a file in the way, disk full)."""
+
+
+class OutputLocked(OutputError):
+    """Another run holds the output's lock."""
+
+
+class OutputStore:
+    """An output directory addressed by path or URL (``out/``, ``s3://bucket/corpus``).
+
+    ``create=False`` opens an existing output only (``NotAnOutput`` otherwise) and writes nothing.
+    """
+
+    def __init__(self, url: str, create: bool = True):
         self.url = url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         self.local = "file" in protocols
-        self.fs.makedirs(self.path("ledger"), exist_ok=True)
+        if not create:
+            if not self.fs.isdir(self.path("ledger")):
+                what = "no ledger/ folder in it" if self.fs.exists(self.root) else "it does not exist"
+                raise NotAnOutput(f"{self.url} is not a vast-pipeline output ({what}): give the --output "
+                                  "directory of an ingest")
+            return
+        try:
+            self.fs.makedirs(self.path("ledger"), exist_ok=True)
+        except OSError as e:
+            raise OutputNotWritable(f"cannot write to {self.url} ({e.strerror or e}): choose a writable "
+                                    "--output") from None
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -130,12 +159,18 @@ class OutputStore:
             return _NoLock()
         import fcntl
 
-        f = open(self.path(".lock"), "w")  # noqa: SIM115 - held for the run
+        try:
+            f = open(self.path(".lock"), "w")  # noqa: SIM115 - held for the run
+        except OSError as e:
+            raise OutputNotWritable(f"cannot write to {self.url} ({e.strerror or e}): choose a writable "
+                                    "--output") from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.close()
-            raise RuntimeError(f"another vast-pipeline run holds {self.url} (lock file .lock)") from None
+            lock = self.path(".lock")
+            raise OutputLocked(f"another vast-pipeline run holds {self.url} (lock file {lock}): wait for it "
+                               "to finish, or use another --output") from None
         return f
 
 

@@ -19,10 +19,15 @@ def summarize(store: OutputStore, run: dict[str, Any] | None = None) -> dict[str
     errors = _counts(ledger.filter(pc.equal(ledger["status"], "failed"))["error_class"])
     ok = ledger.filter(pc.equal(ledger["status"], "ok"))
     tars = [n for n in store.ls() if n.endswith(".tar") and COMMIT_RE.search(n)]
+    dups = ledger.filter(pc.equal(ledger["status"], "duplicate"))
+    # a duplicate keyed by a clip of another request is a clip a whole video left to its owner
+    shared = int(pc.sum(pc.and_(pc.not_equal(dups["key"], dups["request"]), pc.not_equal(dups["key"], "")))
+                 .as_py() or 0)
     summary: dict[str, Any] = {
         "output": store.url,
         "clips": {"ok": status.get("ok", 0), "failed": status.get("failed", 0)},
-        "duplicate_lines": status.get("duplicate", 0),
+        "duplicate_lines": status.get("duplicate", 0) - shared,
+        "clips_owned_elsewhere": shared,
         "errors": errors,
         "hours": round(float(pc.sum(ok["duration"]).as_py() or 0.0) / 3600, 4),
         "bytes": sum(store.size(n) for n in tars),
@@ -32,13 +37,12 @@ def summarize(store: OutputStore, run: dict[str, Any] | None = None) -> dict[str
     if store.exists("plan.parquet"):
         import pyarrow.parquet as pq
 
-        from vast.shards.ledger import resume_state
+        from vast.shards.ledger import pending_requests
 
         with store.open("plan.parquet") as f:
-            planned = pq.read_table(f, columns=["request"])["request"]
-        done = resume_state(ledger).done_requests
-        summary["planned_requests"] = len(planned)
-        summary["pending_requests"] = int(pc.sum(pc.invert(pc.is_in(planned, done))).as_py() or 0)
+            planned = pq.read_table(f, columns=["request", "input"])
+        summary["planned_requests"] = planned.num_rows
+        summary["pending_requests"] = pending_requests(planned, ledger).num_rows
     if run is not None:
         summary["run"] = run
     return summary
@@ -57,7 +61,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"output   {summary['output']}",
         f"clips    ok {summary['clips']['ok']}   failed {summary['clips']['failed']}   "
-        f"duplicate lines {summary['duplicate_lines']}",
+        f"duplicate lines {summary['duplicate_lines']}"
+        + (f"   owned by another request {summary['clips_owned_elsewhere']}"
+           if summary.get("clips_owned_elsewhere") else ""),
         f"video    {summary['hours']:.3f} h in {summary['shards']} shard(s), {gib:.3f} GiB",
     ]
     if "planned_requests" in summary:

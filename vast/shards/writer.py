@@ -35,7 +35,13 @@ class ShardWriter:
         self.store = OutputStore(output)
 
     def commit(self, rows: list[dict[str, Any]], number: int) -> pa.Table:
-        """Commit ``rows`` as commit ``number``; returns the ledger rows it committed."""
+        """Commit ``rows`` as commit ``number``; returns the ledger rows it committed.
+
+        A key the batch holds twice is one sample: the later rows of a key that has an ``ok`` row
+        become ``duplicate`` ledger rows, never a second tar member (``ClipOwners`` does the same
+        across batches and runs).
+        """
+        rows = _one_per_key(rows)
         ok = [r for r in rows if r["status"] == "ok"]
         tar = shard_name(number)
         ledger: list[dict[str, Any]] = []
@@ -70,6 +76,24 @@ def sample_members(row: dict[str, Any], sample: dict[str, Any]) -> dict[str, byt
         "flac": bytes(row["flac"]) if sample["has_audio"] else silent_flac(duration, AUDIO_RATE),
         "txt": sample["vast_cap"].encode(),
     }
+
+
+def _one_per_key(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    first_ok: dict[str, str] = {}
+    for r in rows:
+        if r["status"] == "ok" and r.get("key"):
+            first_ok.setdefault(r["key"], r.get("input") or "")
+    out, taken = [], set()
+    for r in rows:
+        key = r.get("key")
+        if key in first_ok and r["status"] in ("ok", "failed"):
+            if r["status"] == "ok" and key not in taken:
+                taken.add(key)
+            else:
+                r = {**r, "status": "duplicate", "error_class": "",
+                     "message": f"clip {key} is already in this commit (from {first_ok[key]})"}
+        out.append(r)
+    return out
 
 
 def _add_member(tf: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
