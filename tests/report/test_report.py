@@ -247,7 +247,10 @@ def test_a_damaged_output_still_gets_its_page_saying_what_is_missing(corpus, tmp
 
 
 def test_report_refuses_a_folder_that_is_no_output(tmp_path, capsys):
-    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert main(["report", str(tmp_path / "nothing")]) == 4  # EXIT_NOT_OUTPUT, as status
+    assert "is not a vast-pipeline output" in capsys.readouterr().err
+    (tmp_path / "empty" / "ledger").mkdir(parents=True)
+    assert main(["report", str(tmp_path / "empty")]) == 4
     assert "no committed ledger part" in capsys.readouterr().err
     assert not (tmp_path / "nothing").exists()
 

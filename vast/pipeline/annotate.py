@@ -55,7 +55,7 @@ def annotate(shards: str, cfg: IngestConfig, stages: list[str] | None = None,
              dependents: str = "rerun") -> dict[str, Any]:
     """Re-run ``stages`` (default: every annotation stage of ``cfg``) over the samples in ``shards``;
     ``dependents`` (``rerun`` or ``stale``): what happens to the fields computed from theirs."""
-    if OutputStore(shards).url == OutputStore(cfg.output).url:
+    if OutputStore(shards, create=False).url == OutputStore(cfg.output).url:
         raise ConfigError("annotate writes new shards: --output must differ from the input directory")
     if dependents not in DEPENDENTS:
         raise ConfigError(f"--dependents must be one of {', '.join(DEPENDENTS)}, got {dependents!r}")
@@ -76,7 +76,7 @@ def annotate(shards: str, cfg: IngestConfig, stages: list[str] | None = None,
     for field, why in stale.items():
         print(f"annotate: NOTE {field} is marked stale: {why}", file=sys.stderr)
 
-    source = read_ledger(OutputStore(shards))
+    source = read_ledger(OutputStore(shards, create=False))
     ok = source.filter(pc.equal(source["status"], "ok")).select(["key", "shard"]).sort_by("shard")
 
     def plan(store: OutputStore, state: ResumeState) -> tuple[pa.Table, int]:
@@ -135,7 +135,7 @@ class _Unpacker:
         self.stale = stale or {}
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        store = OutputStore(self.shards)
+        store = OutputStore(self.shards, create=False)
         wanted: dict[str, set[str]] = {}
         for key, shard in zip(batch["key"], batch["shard"], strict=True):
             wanted.setdefault(str(shard), set()).add(str(key))

@@ -16,12 +16,10 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-import fsspec
-
 from vast.report import figures
 from vast.report.gallery import MEDIA_FOLDER, GalleryItem, MediaFiles, build_gallery
 from vast.report.stats import DURATION_BIN_S, CorpusStats, collect, failure_examples, provenance_label
-from vast.shards.store import COMMIT_RE, OutputStore
+from vast.shards.store import NotAnOutput, OutputStore
 
 DEFAULT_SAMPLES = 12
 INDEX = "report/index.html"
@@ -31,14 +29,10 @@ CARD_FIELDS = ("vision_cap", "audio_cap", "subtitle", "subtitle_language", "subt
 
 def write_report(output: str, samples: int = DEFAULT_SAMPLES) -> str:
     """Write the report of the committed data in ``output`` (path or URL); returns the page's path or URL."""
-    # checked before OutputStore, which creates the folder it is given
-    fs, root = fsspec.core.url_to_fs(output.rstrip("/"))
-    parts = [p for p in fs.ls(f"{root}/ledger", detail=False) if COMMIT_RE.search(p)] \
-        if fs.isdir(f"{root}/ledger") else []
-    if not parts:
-        raise FileNotFoundError(f"{output} holds no committed ledger part (ledger/part-*.parquet): "
-                                "not an output of ingest, annotate or label")
-    store = OutputStore(output)
+    store = OutputStore(output, create=False)
+    if not store.committed_numbers():
+        raise NotAnOutput(f"{output} holds no committed ledger part (ledger/part-*.parquet): "
+                          "not an output of ingest, annotate or label")
     stats, ledger = collect(store)
     examples = failure_examples(store, ledger)
     media = MediaFiles(store)

@@ -183,7 +183,10 @@ def _array(values: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 
 def read_ledger(store: OutputStore, columns: tuple[str, ...] | None = None) -> pa.Table:
-    """The effective ledger of an output directory (``columns`` ⊇ ``RESUME_COLUMNS``, or all)."""
+    """The effective ledger of an output directory: ``columns`` plus the ``RESUME_COLUMNS`` that deciding
+    it needs (or every column)."""
+    if columns is not None:
+        columns = tuple(dict.fromkeys([*columns, *RESUME_COLUMNS]))
     return effective(read_raw(store, columns))
 
 

@@ -62,7 +62,7 @@ def export_upstream(output: str, dest: str | Path, workers: int | None = None) -
 
     from vast.shards.reader import tar_samples
 
-    store = OutputStore(output)
+    store = OutputStore(output, create=False)
     root = Path(dest)
     (root / VIDEOS).mkdir(parents=True, exist_ok=True)
     (root / AUDIOS).mkdir(parents=True, exist_ok=True)

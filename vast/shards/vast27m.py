@@ -30,7 +30,7 @@ def clock(seconds: float) -> str:
 
 def committed_files(output: str | OutputStore, suffix: str) -> list[str]:
     """Names of the committed ``shard-NNNNNN{suffix}`` files of an output directory, in commit order."""
-    store = output if isinstance(output, OutputStore) else OutputStore(output)
+    store = output if isinstance(output, OutputStore) else OutputStore(output, create=False)
     committed = set(store.committed_numbers())
     return [name for name in store.ls()
             if name.endswith(suffix) and (m := COMMIT_RE.search(name)) and int(m.group(1)) in committed]
@@ -38,7 +38,7 @@ def committed_files(output: str | OutputStore, suffix: str) -> list[str]:
 
 def manifest(output: str) -> pa.Table:
     """Every committed manifest row of an output directory, in commit order."""
-    store = OutputStore(output)
+    store = OutputStore(output, create=False)
     tables = []
     for name in committed_files(store, ".parquet"):
         with store.open(name) as f:
