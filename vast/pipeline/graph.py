@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from vast.pipeline.config import IngestConfig, RayOptions
+from vast.pipeline.config import ActorPool, IngestConfig, RayOptions, StageSpec
 from vast.pipeline.stage import rows_of, stage_class, stage_config
 
 
@@ -93,6 +93,16 @@ def _commit_batch(output: str, counter: Any, batch: dict[str, Any]) -> pa.Table:
     return ShardWriter(output).commit(rows, number)
 
 
+def actor_pool(spec: StageSpec) -> Any:
+    """The Ray Data compute strategy of an actor stage: a fixed pool of ``actors: N`` or an
+    autoscaling pool of ``actors: {min, max}``."""
+    import ray
+
+    if isinstance(spec.actors, ActorPool):
+        return ray.data.ActorPoolStrategy(min_size=spec.actors.min, max_size=spec.actors.max)
+    return ray.data.ActorPoolStrategy(size=spec.actors)
+
+
 @dataclass
 class Prepare:
     """A first operator that turns the input table into pipeline rows (e.g. unpacking shards)."""
@@ -122,7 +132,7 @@ def build_dataset(cfg: IngestConfig, requests: pa.Table, counter: Any, prepare: 
         if spec.actors:
             ds = ds.map_batches(stage_class(name), fn_constructor_args=(config,), batch_size=spec.batch_size,
                                 batch_format="numpy", zero_copy_batch=False,
-                                compute=ray.data.ActorPoolStrategy(size=spec.actors), **remote_args)
+                                compute=actor_pool(spec), **remote_args)
         else:
             ds = ds.map_batches(functools.partial(_run_stage, name, config), batch_size=spec.batch_size,
                                 batch_format="numpy", zero_copy_batch=False, **remote_args)
