@@ -77,13 +77,13 @@ def fuser(base_url: str, model: str, **server) -> OmniCaptionFuser:
 
 def test_a_server_killed_and_restarted_mid_run_loses_no_row(server, tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, SECRET)  # before Ray starts: its workers inherit the driver's environment
-    n = 12
+    n = 16
     output = tmp_path / "out"
     cfg = from_dict(IngestConfig, {
         "output": str(output), "progress": False,
         "stages": {"fusion": {"actors": {"min": 1, "max": 2}, "num_cpus": 0.25, "batch_size": 2, "options": {
             "model": server.model, "backend": "openai-server", "max_new_tokens": 8,
-            "server": server_options(server.base_url)}}},
+            "server": server_options(server.base_url, concurrency=1)}}},  # slow enough to crash mid-run
         "shards": {"samples_per_shard": 2, "num_cpus": 0.25},
         "ray": {"num_cpus": 2, "object_store_mb": 256}})
     requests = with_pipeline_columns(pa.Table.from_pylist(caption_rows(n)), {})

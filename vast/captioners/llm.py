@@ -159,7 +159,12 @@ class VLLMEngine:
         self._weights = _local_weights(model)
 
     def generate(self, prompts: list[Prompt]) -> list[str | SampleError]:
-        return [o.outputs[0].text for o in self.llm.generate(prompts, self.params, use_tqdm=False)]
+        # token ids made as TransformersLLM makes them (a chat template already holds BOS and friends), so
+        # both backends decode exactly the same prompt tokens
+        templated = bool(getattr(self.tokenizer, "chat_template", None))
+        inputs = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=not templated)["input_ids"]}
+                  for p in prompts]
+        return [o.outputs[0].text for o in self.llm.generate(inputs, self.params, use_tqdm=False)]
 
     def provenance(self) -> dict[str, Any]:
         return {"backend": self.name, "library": _library("vllm"), "weights_sha256": self._weights}
@@ -224,16 +229,14 @@ class OpenAIServerLLM:
         for attempt in range(attempts):
             try:
                 return self._post(body)
-            except _Transient as e:
-                if attempt + 1 == attempts:
-                    return SampleError(e.error_class, f"{e.message} (gave up after {attempts} attempts)")
-                wait = self.backoff(attempt)
-                if e.retry_after is not None:
-                    wait = min(e.retry_after, self.server.backoff_max_s)
-                self._sleep(wait)
             except SampleError as e:
                 return e
-        raise AssertionError("unreachable")
+            except _Transient as e:
+                failure = SampleError(e.error_class, f"{e.message} (gave up after {attempts} attempts)")
+                if attempt + 1 < attempts:
+                    self._sleep(self.backoff(attempt) if e.retry_after is None
+                                else min(e.retry_after, self.server.backoff_max_s))
+        return failure
 
     def _post(self, body: bytes) -> str:
         request = urllib.request.Request(self._url, data=body, headers=self._headers, method="POST")
@@ -241,7 +244,10 @@ class OpenAIServerLLM:
             with urllib.request.urlopen(request, timeout=self.server.timeout_s) as response:
                 reply = json.loads(response.read())
         except urllib.error.HTTPError as e:
-            detail = e.read()[:500].decode(errors="replace").strip()
+            try:
+                detail = e.read()[:500].decode(errors="replace").strip()
+            except (OSError, HTTPException):  # the error body itself was cut off
+                detail = ""
             message = f"HTTP {e.code} from {self._url}: {detail}"
             if e.code == 429 or e.code >= 500:
                 raise _Transient("rate_limited" if e.code == 429 else "network", message,
