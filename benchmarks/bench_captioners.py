@@ -58,12 +58,14 @@ def full_random_captioners(directory: str, tokenizer: str) -> dict[str, str]:
 
     from vast.model import create_model, load_tokenizer, save_checkpoint
 
-    vocab = len(load_tokenizer(tokenizer))
+    tok = load_tokenizer(tokenizer)
+    text = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "cls_token_id": tok.cls_token_id,
+            "sep_token_id": tok.sep_token_id, "mask_token_id": tok.mask_token_id}
     paths = {}
     for key, name in (("vision_captioner", "vision-captioner"), ("audio_captioner", "audio-captioner")):
         torch.manual_seed(0)
         path = Path(directory) / f"{key}-full.pt"
-        save_checkpoint(create_model(name, text={"vocab_size": vocab}), path,
+        save_checkpoint(create_model(name, text=text), path,
                         extra={"note": "random weights at the released dimensions: captions are meaningless"})
         paths[key] = str(path)
     return paths
