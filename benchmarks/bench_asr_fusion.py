@@ -1,6 +1,7 @@
 """Benchmark the Whisper subtitle stage (each backend) and the LLM fusion stage: batched vs one at a time.
 
     python benchmarks/bench_asr_fusion.py                      # tiny random models on CPU (built here)
+    python benchmarks/bench_asr_fusion.py --device cuda --lm random-1b --fusion-backends transformers,vllm
     python benchmarks/bench_asr_fusion.py --device cuda --batch 32 --clips 64 \\
         --whisper-model /models/large-v3.pt --faster-model /models/faster-whisper-large-v3 \\
         --lm /models/vicuna-13b-v1.5 --beam-size 5 --max-tokens 0 --max-new-tokens 64
@@ -25,7 +26,12 @@ from typing import Any
 
 from vast.captioners.fusion import FusionConfig, OmniCaptionFuser
 from vast.captioners.subtitles import WhisperConfig, WhisperSubtitler
-from vast.captioners.tiny_lm import write_tiny_faster_whisper, write_tiny_lm, write_tiny_whisper
+from vast.captioners.tiny_lm import (
+    LARGE_WHISPER_DIMS,
+    write_tiny_faster_whisper,
+    write_tiny_lm,
+    write_tiny_whisper,
+)
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog near the river bank.",
@@ -100,10 +106,13 @@ def main() -> None:
     ap.add_argument("--clip-s", type=float, default=10.0, help="seconds of audio per clip")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3, help="passes per mode; the fastest is reported")
-    ap.add_argument("--backends", default="openai,faster", help="Whisper backends to measure")
+    ap.add_argument("--backends", default="openai,faster", help="Whisper backends to measure (`none`: skip)")
     ap.add_argument("--whisper-model", help="openai-whisper checkpoint file or name (default: tiny random)")
-    ap.add_argument("--faster-model", help="CTranslate2 Whisper dir or name (default: tiny random)")
-    ap.add_argument("--lm", help="causal LM directory or hub name (default: tiny random)")
+    ap.add_argument("--faster-model", help="CTranslate2 Whisper dir or name, or `random-large` "
+                    "(random weights at large-v2/v3 size; default: tiny random)")
+    ap.add_argument("--lm", help="causal LM directory or hub name, or `random-1b` (default: tiny random)")
+    ap.add_argument("--fusion-backends", default="transformers",
+                    help="`transformers` or `transformers,vllm` (the same prompts also through vLLM)")
     ap.add_argument("--prompt", default="vast27m-v1")
     ap.add_argument("--beam-size", type=int, default=1)
     ap.add_argument("--max-tokens", type=int, default=24,
@@ -113,17 +122,23 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench_asr_fusion_"))
     tiny = not (args.whisper_model and args.faster_model and args.lm)
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip() not in ("", "none")]
+    fusion_backends = [b.strip() for b in args.fusion_backends.split(",") if b.strip() not in ("", "none")]
     writers = {"openai": (args.whisper_model, write_tiny_whisper),
                "faster": (args.faster_model, write_tiny_faster_whisper)}
+    if args.faster_model == "random-large":
+        large = str(write_tiny_faster_whisper(work, LARGE_WHISPER_DIMS))
+        writers["faster"] = (large, write_tiny_faster_whisper)
     whisper_models = {b: writers[b][0] or str(writers[b][1](work)) for b in backends}
-    lm = args.lm or str(write_tiny_lm(work))
-    clips = [{"flac": f} for f in speech_clips(args.clips, args.clip_s, work)]
+    if fusion_backends:
+        lm = random_lm(work) if args.lm == "random-1b" else args.lm or str(write_tiny_lm(work))
+    clips = [{"flac": f} for f in speech_clips(args.clips, args.clip_s, work)] if backends else []
     audio_s = args.clips * args.clip_s
     print(f"device {args.device}; {args.clips} clips of {args.clip_s:g} s speech; batch {args.batch}; "
           + ("tiny random models where none was given (meaningless outputs)" if tiny else "given models"))
 
-    print(f"Whisper (subtitle stage, gates off, temperature 0, beam {args.beam_size}):")
+    if backends:
+        print(f"Whisper (subtitle stage, gates off, temperature 0, beam {args.beam_size}):")
     for backend in backends:
         config = WhisperConfig(backend=backend, model=whisper_models[backend], device=args.device,
                                beam_size=args.beam_size, max_tokens=args.max_tokens or None,
@@ -134,6 +149,8 @@ def main() -> None:
         print(f"  {'':<22} real-time factor: batched {t_b / audio_s:.4f}, "
               f"one-at-a-time {t_s / audio_s:.4f} (processing s per audio s)")
 
+    if not fusion_backends:
+        return
     print(f"Fusion (prompt {args.prompt}, greedy, max_new_tokens {args.max_new_tokens}):")
     fuser = OmniCaptionFuser(FusionConfig(model=lm, prompt=args.prompt, device=args.device,
                                           max_new_tokens=args.max_new_tokens))
@@ -143,6 +160,48 @@ def main() -> None:
     tokens = sum(len(fuser.backend.tokenizer(o, add_special_tokens=False)["input_ids"]) for o in raw)
     print(f"  {'':<22} generated ≈{tokens} tokens: batched {tokens / t_b:.1f} tokens/s, "
           f"one-at-a-time {tokens / t_s:.1f} tokens/s")
+    if "vllm" in fusion_backends:
+        # the same prompts through vLLM's offline engine, all in one call (its scheduler batches them)
+        del fuser
+        _free_gpu()
+        engine = OmniCaptionFuser(FusionConfig(model=lm, prompt=args.prompt, backend="vllm",
+                                               device=args.device, max_new_tokens=args.max_new_tokens,
+                                               gpu_memory_fraction=0.6))
+        assert engine.prompts(fusion_rows(args.clips)) == prompts, "vLLM got different prompt text"
+        engine.backend.generate(prompts[:args.batch])  # warm-up
+        t_v = min(timed(lambda: engine.backend.generate(prompts))[0] for _ in range(args.repeats))
+        out = engine.backend.generate(prompts)
+        v_tokens = sum(len(engine.backend.tokenizer(o, add_special_tokens=False)["input_ids"]) for o in out)
+        print(f"  fusion/vllm            {len(prompts)} prompts in one call: {v_tokens / t_v:.1f} tokens/s "
+              f"({v_tokens} tokens) | x{(v_tokens / t_v) / (tokens / t_b):.2f} vs transformers batched")
+
+
+def random_lm(work: Path) -> str:
+    """A random-weight Llama at TinyLlama-1.1B dimensions with the tiny LM's tokenizer (and chat template)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tiny = write_tiny_lm(work)
+    out = work / "random-llama-1b"
+    tok = AutoTokenizer.from_pretrained(tiny)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                         num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def _free_gpu() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

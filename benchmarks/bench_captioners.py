@@ -51,6 +51,26 @@ def clip_rows(n: int, frame_size: int, seconds: float) -> list[dict]:
     return rows
 
 
+def full_random_captioners(directory: str, tokenizer: str) -> dict[str, str]:
+    """Random-weight captioners at the released dimensions (EVA-CLIP-g / BEATs + BERT-base), with the
+    tiny tokenizer's vocabulary: the compute of the real ones, meaningless captions."""
+    from pathlib import Path
+
+    from vast.model import create_model, load_tokenizer, save_checkpoint
+
+    tok = load_tokenizer(tokenizer)
+    text = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "cls_token_id": tok.cls_token_id,
+            "sep_token_id": tok.sep_token_id, "mask_token_id": tok.mask_token_id}
+    paths = {}
+    for key, name in (("vision_captioner", "vision-captioner"), ("audio_captioner", "audio-captioner")):
+        torch.manual_seed(0)
+        path = Path(directory) / f"{key}-full.pt"
+        save_checkpoint(create_model(name, text=text), path,
+                        extra={"note": "random weights at the released dimensions: captions are meaningless"})
+        paths[key] = str(path)
+    return paths
+
+
 def samples_per_s(stage, rows: list[dict], batch: int, device: torch.device) -> float:
     """Clips per second through ``stage`` called on consecutive batches of ``batch`` rows."""
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
@@ -74,6 +94,8 @@ def main() -> None:
     p.add_argument("--frame-size", type=int, default=224, help="frame size the media stage hands over")
     p.add_argument("--passes", type=int, default=2, help="timed passes per mode; the best is printed")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--size", default="tiny", choices=["tiny", "full"],
+                   help="without checkpoints: random captioners, tiny or at the released dimensions")
     p.add_argument("--vision-checkpoint", help="default: the tiny random-weight vision captioner")
     p.add_argument("--audio-checkpoint", help="default: the tiny random-weight audio captioner")
     p.add_argument("--tokenizer", help="BERT tokenizer directory (required with real checkpoints)")
@@ -84,6 +106,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-captioners-") as tmp:
         tiny = write_tiny_captioners(tmp)
+        if args.size == "full":
+            tiny |= full_random_captioners(tmp, tiny["tokenizer"])
         tokenizer = args.tokenizer or tiny["tokenizer"]
         common = {"device": args.device, "dtype": args.dtype, "tokenizer": tokenizer}
         stages = {
@@ -97,7 +121,8 @@ def main() -> None:
               f"dtype {args.dtype}, torch threads {torch.get_num_threads()}, {args.clips} clips per mode")
         for name, stage in stages.items():
             model = stage.provenance()["model"]
-            note = " (tiny, random weights: captions are meaningless)" if model in tiny.values() else ""
+            random = model in tiny.values()
+            note = f" ({args.size}, random weights: captions are meaningless)" if random else ""
             print(f"{name}: {model}{note}")
             # best of a few passes: the machine may be shared, and contention only ever slows a pass
             batched = max(samples_per_s(stage, rows, args.batch, device) for _ in range(args.passes))

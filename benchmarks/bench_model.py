@@ -76,11 +76,30 @@ def bench_step(
         f"  fwd+bwd step: median {med * 1e3:.1f} ms, min {min(times) * 1e3:.1f} ms over {steps} steps "
         f"({batch / med:.1f} samples/s)"
     )
+    flops = step_flops(model, data)
+    peak = PEAK_BF16_FLOPS.get(next((k for k in PEAK_BF16_FLOPS if k in where), ""), None) if cuda else None
+    mfu = f", MFU {flops / med / peak:.1%} of {peak / 1e12:.0f} TFLOP/s bf16 dense" if peak and bf16 else ""
+    print(f"  {flops / 1e12:.2f} TFLOP per step (counted): {flops / med / 1e12:.1f} TFLOP/s achieved{mfu}")
     if cuda:
         print(f"  peak GPU memory allocated {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     else:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(f"  peak RSS {rss / 1024:.0f} MiB (+{(rss - rss0) / 1024:.0f} MiB during the steps)")
+
+
+# Dense bf16 tensor-core peaks (no sparsity), by device-name substring, for MFU.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12}
+
+
+def step_flops(model: torch.nn.Module, data: dict) -> float:
+    """FLOPs of one forward+backward step, counted by torch's FlopCounterMode (matmuls, convs, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    with FlopCounterMode(display=False) as counter, torch.autocast(device.type, dtype=torch.bfloat16):
+        model(data, TASK)["loss"].backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
 
 
 def param_counts(name: str) -> None:

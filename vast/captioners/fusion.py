@@ -13,8 +13,9 @@ the original VAST-27M instruction word for word; ``omni-v1`` a cleaner one). A t
 - ``plain``: the layout (``{system}``, ``{prompt}``, ``{response_prefix}``) for tokenizers
   without a chat template; with one, the messages go through ``apply_chat_template``.
 
-Generation is batched with left padding (every prompt ends where generation starts), greedy by
-default; the decoded continuation is cleaned to one caption by ``clean_caption``.
+The LLM runs on one of the backends of ``vast.captioners.llm`` (``transformers`` and ``vllm`` in
+the actor, or ``openai-server``: any OpenAI-compatible server), greedy by default; the decoded
+continuation is cleaned to one caption by ``clean_caption``.
 
 **Nothing to fuse.** A clip with no vision caption, no audio caption and no subtitle (a silent
 audio file, a tone clip without audio captions) is not sent to the LLM: an LLM asked to fuse
@@ -27,16 +28,17 @@ so a re-run subtitle or caption shows which omni-captions it outdated.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
 
-from vast.captioners.base import EMPTY_REASON, ModelStage, ModelStageConfig, pick_device, weights_checksum
+from vast.captioners.base import EMPTY_REASON, ModelStage, ModelStageConfig
+from vast.captioners.llm import LLM_BACKENDS, Sampling, ServerOptions, load_llm
+from vast.config import ConfigError
 from vast.pipeline.stage import SampleError
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "configs" / "prompts"
@@ -49,7 +51,7 @@ class FusionConfig(ModelStageConfig):
 
     model: str = "lmsys/vicuna-13b-v1.5"
     """A causal LM: hub id (fetched by ``vast-pipeline models pull``) or local directory
-    (``save_pretrained`` layout)."""
+    (``save_pretrained`` layout); with ``openai-server``, the model name the server serves."""
     prompt: str = "vast27m-v1"
     """A template name in ``vast/configs/prompts/`` or a path to a YAML template."""
     max_new_tokens: int = 64
@@ -63,7 +65,19 @@ class FusionConfig(ModelStageConfig):
     max_words: int = 60
     """Longest cleaned caption, in words; longer ones are cut."""
     backend: str = "transformers"
-    """``transformers`` or ``vllm`` (needs the ``vllm`` package and a GPU)."""
+    """``transformers`` (in the actor), ``vllm`` (vLLM's offline engine in the actor: needs the ``vllm``
+    package and a GPU) or ``openai-server`` (any OpenAI-compatible server, see ``server``)."""
+    server: ServerOptions = field(default_factory=ServerOptions)
+    """The server of the ``openai-server`` backend: URL, API key variable, concurrency, timeout, retries."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in LLM_BACKENDS:
+            raise ConfigError(f"unknown fusion backend {self.backend!r}; "
+                              f"use one of {', '.join(LLM_BACKENDS)}")
+
+    def sampling(self) -> Sampling:
+        """The decoding settings every backend applies."""
+        return Sampling(self.max_new_tokens, self.do_sample, self.temperature, self.top_p, self.seed)
 
 
 @dataclass(frozen=True)
@@ -177,70 +191,6 @@ def render_prompt(tokenizer: Any, template: PromptTemplate, vision: list[str], a
     return template.plain_text(vision, audio, subtitle)
 
 
-class _TransformersBackend:
-    """Hugging Face ``generate`` on a left-padded batch."""
-
-    def __init__(self, config: FusionConfig):
-        try:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError as e:
-            raise ImportError("fusion backend 'transformers' needs transformers: "
-                              "pip install transformers") from e
-        from vast.captioners.hub import resolve_model
-
-        self.config = config
-        self.device, dtype = pick_device(config)
-        path = resolve_model(config.model)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.tokenizer.padding_side = "left"  # generation continues every prompt from its last token
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
-        self._torch = torch
-
-
-    def generate(self, prompts: list[str]) -> list[str]:
-        torch, c = self._torch, self.config
-        templated = bool(self.tokenizer.chat_template)  # the chat template already adds BOS and friends
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not templated)
-        enc = {k: v.to(self.device) for k, v in enc.items()}
-        sampling = {"do_sample": True, "temperature": c.temperature, "top_p": c.top_p} if c.do_sample \
-            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        torch.manual_seed(c.seed)
-        with torch.inference_mode():
-            out = self.model.generate(**enc, max_new_tokens=c.max_new_tokens,  # (B, T_prompt + new)
-                                      pad_token_id=self.tokenizer.pad_token_id, **sampling)
-        new = out[:, enc["input_ids"].shape[1]:]
-        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
-
-
-class _VLLMBackend:
-    """vLLM offline batched generation (GPU)."""
-
-    def __init__(self, config: FusionConfig):
-        try:
-            from vllm import LLM, SamplingParams
-        except ImportError as e:
-            raise ImportError("fusion backend 'vllm' needs the vllm package "
-                              "(pip install vllm, on a CUDA machine); "
-                              "use backend 'transformers' where vllm is not installed") from e
-        self.config = config
-        dtype = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[config.dtype]
-        self.llm = LLM(model=config.model, dtype=dtype, seed=config.seed,
-                       gpu_memory_utilization=config.gpu_memory_fraction or 0.9)
-        self.tokenizer = self.llm.get_tokenizer()
-        self.params = SamplingParams(max_tokens=config.max_new_tokens, seed=config.seed,
-                                     temperature=config.temperature if config.do_sample else 0.0,
-                                     top_p=config.top_p if config.do_sample else 1.0)
-
-    def generate(self, prompts: list[str]) -> list[str]:
-        return [o.outputs[0].text for o in self.llm.generate(prompts, self.params, use_tqdm=False)]
-
-
-BACKENDS = {"transformers": _TransformersBackend, "vllm": _VLLMBackend}
-
-
 class OmniCaptionFuser(ModelStage):
     """Fuses ``vision_cap``, ``audio_cap`` and ``subtitle`` into one omni-caption ``vast_cap`` with an LLM."""
 
@@ -259,35 +209,29 @@ class OmniCaptionFuser(ModelStage):
 
     def __init__(self, config: FusionConfig | None = None):
         super().__init__(config)
-        if self.config.backend not in BACKENDS:
-            raise ValueError(f"unknown fusion backend {self.config.backend!r}; "
-                             f"use one of {', '.join(BACKENDS)}")
-        self.template = load_prompt(self.config.prompt)
-        self.backend = BACKENDS[self.config.backend](self.config)
-        from vast.captioners.hub import local_model
+        c = self.config
+        self.template = load_prompt(c.prompt)
+        self.backend = load_llm(c.backend, c.model, c.sampling(), c, c.server)
 
-        path = local_model(self.config.model)
-        self._checksum = weights_checksum(str(path.resolve())) if path else None
-        package = self.config.backend
-        self._library = f"{package} {importlib.metadata.version(package)}"
-
-    def prompts(self, rows: list[dict[str, Any]]) -> list[str]:
-        """The full prompt text (chat template applied, response prefix appended) of each row."""
+    def prompts(self, rows: list[dict[str, Any]]) -> list[str] | list[list[dict[str, str]]]:
+        """Each row's prompt: the full text (chat template applied, response prefix appended), or the chat
+        messages when the backend is a server's chat API (the server applies the model's template)."""
+        if self.backend.chat:
+            return [self.template.messages(*fusion_inputs(r)) for r in rows]
         return [render_prompt(self.backend.tokenizer, self.template, *fusion_inputs(r)) for r in rows]
 
     def annotate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any] | SampleError]:
         outputs = self.backend.generate(self.prompts(rows))
-        caps = [clean_caption(o, self.template.response_prefix, self.config.max_words) for o in outputs]
-        return [{"vast_cap": cap, EMPTY_REASON: "" if cap else
-                 f"the LLM's answer {o[:80]!r} cleans to nothing"}
+        caps = [o if isinstance(o, SampleError) else clean_caption(o, self.template.response_prefix,
+                                                                    self.config.max_words)
+                for o in outputs]
+        return [cap if isinstance(cap, SampleError) else
+                {"vast_cap": cap,
+                 EMPTY_REASON: "" if cap else f"the LLM's answer {o[:80]!r} cleans to nothing"}
                 for cap, o in zip(caps, outputs, strict=True)]
 
     def provenance(self) -> dict[str, Any]:
         c, t = self.config, self.template
-        decoding = {"max_new_tokens": c.max_new_tokens, "do_sample": c.do_sample, "seed": c.seed}
-        if c.do_sample:
-            decoding.update(temperature=c.temperature, top_p=c.top_p)
-        return {"model": c.model, "backend": c.backend, "library": self._library,
-                "weights_sha256": self._checksum,
-                "decoding": decoding, "max_words": c.max_words,
+        return {"model": c.model, **self.backend.provenance(), "decoding": c.sampling().record(),
+                "max_words": c.max_words,
                 "prompt": {"name": t.name, "version": t.version, "sha256": t.sha256}}

@@ -95,11 +95,19 @@ def _whisper_tokenizer_json() -> str:
     return tokenizer.to_str()
 
 
-def write_tiny_faster_whisper(directory: str | Path) -> Path:
+# Whisper large-v2's dimensions (large-v3's but for 128 mel bins and one more language token).
+LARGE_WHISPER_DIMS = {"d_model": 1280, "encoder_layers": 32, "decoder_layers": 32,
+                      "encoder_attention_heads": 20, "decoder_attention_heads": 20,
+                      "encoder_ffn_dim": 5120, "decoder_ffn_dim": 5120}
+
+
+def write_tiny_faster_whisper(directory: str | Path, dims: dict[str, int] | None = None) -> Path:
     """A random tiny Whisper as a CTranslate2 model directory for faster-whisper → its path.
 
     Built offline: a tiny ``transformers`` ``WhisperForConditionalGeneration`` (whisper's real
-    multilingual vocabulary and special tokens) converted with ctranslate2's converter.
+    multilingual vocabulary and special tokens) converted with ctranslate2's converter. ``dims``
+    replaces the tiny dimensions (``LARGE_WHISPER_DIMS``: random weights at large size, stored in
+    fp16, for GPU benchmarks).
     """
     try:
         import ctranslate2.converters
@@ -116,16 +124,17 @@ def write_tiny_faster_whisper(directory: str | Path) -> Path:
                           "pip install faster-whisper openai-whisper") from e
     import whisper.tokenizer as wt
 
-    out = Path(directory) / "tiny-faster-whisper"
+    out = Path(directory) / ("random-faster-whisper" if dims else "tiny-faster-whisper")
     hf_dir = Path(tempfile.mkdtemp(prefix="tiny-whisper-hf-"))  # transformers model: converted, then removed
     tok_file = hf_dir / "tokenizer.json"
     tok_file.write_text(_whisper_tokenizer_json())
     sot, eot = 50258, 50257
     lang_to_id = {f"<|{code}|>": 50259 + i for i, code in enumerate(list(wt.LANGUAGES)[:99])}
-    config = WhisperConfig(vocab_size=51865, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=2,
-                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=256,
-                           decoder_ffn_dim=256, max_source_positions=1500, max_target_positions=448,
-                           pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot)
+    size = {"d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 2,
+            "decoder_attention_heads": 2, "encoder_ffn_dim": 256, "decoder_ffn_dim": 256, **(dims or {})}
+    config = WhisperConfig(vocab_size=51865, num_mel_bins=80, max_source_positions=1500,
+                           max_target_positions=448, pad_token_id=eot, bos_token_id=eot, eos_token_id=eot,
+                           decoder_start_token_id=sot, **size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = WhisperForConditionalGeneration(config)
@@ -141,7 +150,7 @@ def write_tiny_faster_whisper(directory: str | Path) -> Path:
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         converter = ctranslate2.converters.TransformersConverter(str(hf_dir), copy_files=["tokenizer.json"])
-        converter.convert(str(out))
+        converter.convert(str(out), quantization="float16" if dims else None)
     finally:
         shutil.rmtree(hf_dir, ignore_errors=True)
     return out

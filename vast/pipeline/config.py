@@ -13,19 +13,41 @@ from vast.pipeline.stage import stage_config
 
 
 @dataclass
+class ActorPool:
+    """An autoscaling actor pool: Ray Data starts ``min`` actors and adds actors, up to ``max``, while
+    work queues up and the cluster has their resources; idle ones are released."""
+
+    min: int = 1
+    """Actors kept running (each loads the stage's model once)."""
+    max: int = 1
+    """Most actors at once: set it from the GPUs (``max × num_gpus``) the stage may take."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.max:
+            raise ConfigError(f"actors: needs 1 <= min <= max, got min={self.min}, max={self.max}")
+
+
+@dataclass
 class StageSpec:
     """How one stage of the graph runs (its own settings live in ``options``)."""
 
     num_cpus: float = 1.0
     """CPU cores reserved per task or actor; fractions let I/O-bound stages overlap."""
     num_gpus: float = 0.0
-    """GPUs per actor (fractional for small models); 0 runs on CPU."""
-    actors: int = 0
-    """0: run as Ray tasks; N > 0: a pool of N actors, each building the stage (its model) once."""
+    """GPUs per actor, fractional for small models (0.25: four actors share a GPU); 0 runs on CPU."""
+    actors: int | ActorPool = 0
+    """0: run as Ray tasks; N > 0: a fixed pool of N actors, each building the stage (its model) once;
+    ``{min: A, max: B}``: an autoscaling pool of A to B such actors."""
     batch_size: int = 4
     """Rows per call of the stage."""
     options: dict[str, Any] = field(default_factory=dict)
     """The stage's own config (its ``Config`` dataclass, e.g. ``FetchConfig``), checked by name."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.actors, int) and self.actors < 0:
+            raise ConfigError(f"actors: expected 0, a pool size N > 0 or {{min, max}}, got {self.actors}")
+        if self.num_gpus < 0 or (self.num_gpus > 1 and not float(self.num_gpus).is_integer()):
+            raise ConfigError(f"num_gpus: a fraction up to 1 or a whole number of GPUs, got {self.num_gpus}")
 
 
 @dataclass

@@ -32,7 +32,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from vast.pipeline.config import IngestConfig, RayOptions, StageSpec
+from vast.pipeline.config import ActorPool, IngestConfig, RayOptions, StageSpec
 from vast.pipeline.stage import batch_len, rows_of, stage_class, stage_config
 
 # Column carrying each stage's time records ([stage, start, end, cpu_s, slots], JSON) from the
@@ -51,6 +51,7 @@ def init_ray(opts: RayOptions) -> None:
     if address:
         ray.init(address=address, **common)
     else:
+        _single_machine_ray()
         # "local": always a new embedded cluster, never one that happens to run on this machine
         ray.init(address="local", num_cpus=opts.num_cpus, object_store_memory=opts.object_store_mb * 2**20,
                  include_dashboard=False, _node_ip_address="127.0.0.1", **common)
@@ -58,6 +59,20 @@ def init_ray(opts: RayOptions) -> None:
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def _single_machine_ray() -> None:
+    """Put the embedded Ray in its single-machine mode, where every service listens on 127.0.0.1.
+
+    A loopback node address alone leaves Ray's GCS, raylet and agents listening on all interfaces
+    (Ray 2.60, Linux). Ray's single-machine mode binds them to loopback: its services read the
+    environment variable, and this driver (which starts them) reads the constant Ray took from it at
+    import. No other node can join such a cluster, which is the point of the embedded default.
+    """
+    from ray._private import ray_constants
+
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _make_counter(start: int, owners: dict[str, tuple[str, str, bool]] | None) -> Any:
@@ -229,6 +244,21 @@ def _blocks_by_source(requests: pa.Table, rows_per_block: int) -> list[pa.Table]
     return blocks
 
 
+def actor_pool(spec: StageSpec) -> Any:
+    """The Ray Data compute strategy of an actor stage: a fixed pool of ``actors: N`` or an
+    autoscaling pool of ``actors: {min, max}``."""
+    import ray
+
+    if isinstance(spec.actors, ActorPool):
+        return ray.data.ActorPoolStrategy(min_size=spec.actors.min, max_size=spec.actors.max)
+    return ray.data.ActorPoolStrategy(size=spec.actors)
+
+
+def _pool_slots(spec: StageSpec) -> float:
+    """How many actors of the stage can work at once (the most an autoscaling pool grows to)."""
+    return float(spec.actors.max if isinstance(spec.actors, ActorPool) else spec.actors)
+
+
 @dataclass
 class Prepare:
     """A first operator that turns the input table into pipeline rows (e.g. unpacking shards)."""
@@ -268,9 +298,9 @@ def build_dataset(cfg: IngestConfig, requests: pa.Table, counter: Any, prepare: 
             remote_args: dict[str, Any] = {"num_cpus": spec.num_cpus}
             if spec.num_gpus:
                 remote_args["num_gpus"] = spec.num_gpus
-            ds = ds.map_batches(TimedStage, fn_constructor_args=(name, configs[0][1], float(spec.actors)),
+            ds = ds.map_batches(TimedStage, fn_constructor_args=(name, configs[0][1], _pool_slots(spec)),
                                 batch_size=spec.batch_size, batch_format="numpy", zero_copy_batch=False,
-                                compute=ray.data.ActorPoolStrategy(size=spec.actors), **remote_args)
+                                compute=actor_pool(spec), **remote_args)
         else:
             # a chain reserves what its most demanding stage asks for; the first operator takes the
             # blocks as cut (a source's requests together), later ones their first stage's batch size
