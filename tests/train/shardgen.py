@@ -78,7 +78,16 @@ def downstream_shards() -> Path:
     ann = root / "ann.json"
     ann.write_text(json.dumps(records))
     out = root / "shards"
-    rc = shards_build(str(ann), str(media_dir()), str(out), preset="tiny", overrides=INGEST)
+    # the same clips in the same shards on every run, however busy the machine: the trainer tests'
+    # figures depend on which clips share a shard (Ray otherwise commits them in completion order)
+    import ray.data
+
+    options = ray.data.DataContext.get_current().execution_options
+    options.preserve_order = True
+    try:
+        rc = shards_build(str(ann), str(media_dir()), str(out), preset="tiny", overrides=INGEST)
+    finally:
+        options.preserve_order = False
     assert rc == 0, "shards build failed on the test media"
     return out
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.train.conftest import tiny_overrides
+from vast.shards.store import OutputLocked
 from vast.train.cli import UPSTREAM_FLAGS, load_train_config, parse_args
 from vast.train.config import TrainConfig
 from vast.train.optim import OptimConfig, build_optimizer, build_scheduler
@@ -223,7 +224,7 @@ def test_two_runs_never_share_an_output_directory(tmp_path, vocab, ds_shards):
     out.mkdir()
     held = OutputStore(str(out)).lock()
     try:
-        with pytest.raises(RuntimeError, match="another training run holds"):
+        with pytest.raises(OutputLocked, match="another training run holds"):
             train(load_train_config("tiny-retrieval", tiny_overrides(vocab, out, ds_shards, train_steps=1)))
     finally:
         held.close()

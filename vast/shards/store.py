@@ -157,21 +157,30 @@ class OutputStore:
         """Hold an exclusive lock on a local output dir (two runs on one dir would race)."""
         if not self.local:
             return _NoLock()
-        import fcntl
+        return lock_folder(self.root, "vast-pipeline run")
 
-        try:
-            f = open(self.path(".lock"), "w")  # noqa: SIM115 - held for the run
-        except OSError as e:
-            raise OutputNotWritable(f"cannot write to {self.url} ({e.strerror or e}): choose a writable "
-                                    "--output") from None
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            lock = self.path(".lock")
-            raise OutputLocked(f"another vast-pipeline run holds {self.url} (lock file {lock}): wait for it "
-                               "to finish, or use another --output") from None
-        return f
+
+def lock_folder(folder: str | Path, what: str) -> IO[Any]:
+    """Hold ``folder/.lock`` exclusively for as long as the returned file is open (closed: released).
+
+    ``OutputLocked`` names the other ``what`` that holds it; ``OutputNotWritable`` when the lock file
+    cannot be made.
+    """
+    import fcntl
+
+    lock = os.path.join(folder, ".lock")
+    try:
+        f = open(lock, "w")  # noqa: SIM115 - held for the run
+    except OSError as e:
+        raise OutputNotWritable(f"cannot write to {folder} ({e.strerror or e}): choose a writable "
+                                "--output") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise OutputLocked(f"another {what} holds {folder} (lock file {lock}): wait for it to finish, "
+                           "or use another --output") from None
+    return f
 
 
 class _NoLock:

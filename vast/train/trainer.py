@@ -167,22 +167,22 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 
 def lock_output(output: str, device: torch.device) -> Any:
     """One run per training output directory: rank 0 holds the lock file, every rank learns the outcome."""
-    from vast.shards.store import OutputStore
+    from vast.shards.store import OutputLocked, lock_folder
 
     held, error = None, ""
     if is_main():
+        Path(output).mkdir(parents=True, exist_ok=True)
         try:
-            held = OutputStore(output).lock()
-        except RuntimeError as e:
-            error = f"another training run holds {output} (its .lock): wait for it or use another --output"
-            error += f" ({e})"
+            held = lock_folder(output, "training run")
+        except OutputLocked as e:
+            error = str(e)
     if dist.is_initialized():
         flag = torch.tensor([float(bool(error))], device=device if backend_needs_device() else "cpu")
         dist.all_reduce(flag)
         if flag.item() and not error:
             error = f"another training run holds {output}"
     if error:
-        raise RuntimeError(error)
+        raise OutputLocked(error)
     return held
 
 
