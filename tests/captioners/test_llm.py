@@ -86,3 +86,12 @@ def test_vllm_backend_generates_what_transformers_generates(tmp_path):
     assert vllm.backend.generate(prompts) == hf.backend.generate(prompts)  # greedy: the same tokens
     record = vllm.provenance()
     assert record["backend"] == "vllm" and record["library"].startswith("vllm ")
+
+
+@pytest.mark.skipif(VLLM_SKIP is None, reason="vLLM is installed here: nothing to refuse")
+def test_vllm_backend_without_vllm_is_refused_before_any_actor(tmp_path):
+    from vast.captioners.tiny_lm import write_tiny_lm
+
+    lm = write_tiny_lm(tmp_path / "lm")
+    with pytest.raises(ConfigError, match="vllm is not installed"):
+        OmniCaptionFuser.preflight(FusionConfig(backend="vllm", model=str(lm)))

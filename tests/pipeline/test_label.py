@@ -59,7 +59,9 @@ def _preset_overrides(preset: str, models: dict[str, str]) -> list[str]:
             opts |= {f"stages.{stage}.num_gpus": "0", f"stages.{stage}.num_cpus": "0.25",
                      f"stages.{stage}.actors": "1", f"stages.{stage}.batch_size": "3",
                      f"stages.{stage}.options.gpu_memory_fraction": "null"}
-        opts |= {"stages.fusion.options.max_new_tokens": "16", "stages.media.options.max_height": "144"}
+        # the preset's vLLM needs a CUDA machine: the tiny LM runs in transformers here
+        opts |= {"stages.fusion.options.max_new_tokens": "16", "stages.media.options.max_height": "144",
+                 "stages.fusion.options.backend": "transformers"}
     return [a for k, v in opts.items() for a in (f"--{k}", v)]
 
 

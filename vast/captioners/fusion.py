@@ -28,6 +28,7 @@ so a re-run subtitle or caption shows which omni-captions it outdated.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -206,6 +207,16 @@ class OmniCaptionFuser(ModelStage):
     def model_refs(cls, config: FusionConfig) -> dict[str, str]:
         """The LM the backend loads on this machine (``transformers``, ``vllm``)."""
         return {"model": config.model} if config.backend in ("transformers", "vllm") else {}
+
+    @classmethod
+    def preflight(cls, config: FusionConfig) -> None:
+        """The model on this machine, and for ``vllm`` the package: both refused in the driver, before
+        an actor fails on them."""
+        super().preflight(config)
+        if config.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ConfigError("stages.fusion.options.backend: vllm is not installed (pip install vllm, on a "
+                              "CUDA machine); use backend transformers, or openai-server with a serving "
+                              "engine")
 
     def __init__(self, config: FusionConfig | None = None):
         super().__init__(config)
