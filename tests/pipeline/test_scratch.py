@@ -102,3 +102,17 @@ def test_kill_9_leaves_a_run_folder_that_the_next_run_and_status_clean_remove(tm
     assert not list(work.glob(f"{RUN_PREFIX}*")) and not list(output.glob(f".staging/{RUN_PREFIX}*"))
     assert main(["status", str(output), "--clean"]) == 0
     assert "cleaned  nothing left behind by interrupted runs" in capsys.readouterr().out
+
+
+def test_status_clean_is_refused_while_a_run_holds_the_output(tmp_path, capsys):
+    store = OutputStore(str(tmp_path / "out"))
+    folder, _ = begin_run(store)
+    lock = store.lock()
+    try:
+        assert main(["status", str(tmp_path / "out"), "--clean"]) == 6
+        assert "another vast-pipeline run holds" in capsys.readouterr().err
+        assert Path(folder).is_dir()  # the running run's folder is untouched
+    finally:
+        lock.close()
+    assert main(["status", str(tmp_path / "out"), "--clean"]) == 0
+    assert f"removed  {folder} (0.0 MiB)" in capsys.readouterr().out and not Path(folder).exists()

@@ -15,8 +15,10 @@ Nothing a request names can hang a worker or exhaust it: a local source must be 
 (a FIFO, socket, device or directory is ``invalid_input``, found by ``stat`` without opening it),
 and every read is bounded by ``max_bytes`` and by time — a local file by its size and ffprobe's
 timeout, a download by ``socket_timeout_s`` per stall and ``download_timeout_s`` in all (yt-dlp's
-HTTP downloads through a progress hook, checked at each block it reads). One input gives one class
-whatever the transport: a 0-byte file is ``empty_media`` locally, by direct GET and through yt-dlp.
+HTTP downloads through a progress hook, checked at each block it reads; its ffmpeg downloads by a
+watchdog). One input gives one class whatever the transport: a 0-byte file is ``empty_media``
+locally, by direct GET and through yt-dlp; a span past the end is ``invalid_input`` whether the
+whole file or a section of it was downloaded (see the media stage).
 
 Run in the same worker as the media stage (the graph chains them), the file stays on local disk
 and only its path is handed over (``fetch_local``); run alone, the stage returns the bytes
@@ -552,6 +554,8 @@ class Fetcher(Stage):
             self._ydl.limits = None
             ydl.params.pop("logger", None)
             ydl.params.pop("download_ranges", None)
+        if limits.expired:  # stopped, though yt-dlp did not say so
+            raise limits.timed_out()
         downloads = info.get("requested_downloads") or []
         path = Path(downloads[0]["filepath"]) if downloads and downloads[0].get("filepath") else None
         if path is None or not path.is_file():
@@ -669,7 +673,7 @@ _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pip
 
 
 def _file_kind(mode: int) -> str:
-    return next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+    return next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
 
 
 def _too_long(what: str, duration: float, limit: float) -> SampleError:
