@@ -8,6 +8,7 @@ range per request), ``HEAD``, and per-path scripted failures::
     with RangeHTTPServer(root) as srv:
         srv.fail_times("flaky.mp4", 429, 2)   # two 429s, then the file
         srv.fail_always("gone.mp4", 404)
+        srv.stream("zero.mp4", b"\0" * 65536)        # an endless body, as /dev/zero would be
         url = srv.url("flaky.mp4")
         ...
         assert srv.statuses("flaky.mp4")[:2] == [429, 429]
@@ -21,6 +22,7 @@ from __future__ import annotations
 import mimetypes
 import re
 import threading
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +31,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+STREAM_LIMIT_S = 120.0  # the longest a scripted stream runs
 _CHUNK = 64 * 1024
 
 
@@ -51,6 +54,7 @@ class RangeHTTPServer:
         self.host = host
         self.requests: list[Request] = []
         self._failures: dict[str, tuple[int, int | None]] = {}  # path -> (status, times left or None)
+        self._streams: dict[str, tuple[bytes, int, float, bool]] = {}  # path -> stream() arguments
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -104,6 +108,15 @@ class RangeHTTPServer:
         """Answer every request for ``path`` with ``status``."""
         with self._lock:
             self._failures[path.lstrip("/")] = (status, None)
+
+    def stream(self, path: str, data: bytes, piece: int = 65536, interval_s: float = 0.0,
+               endless: bool = True) -> None:
+        """Answer ``path`` (any range asked: ignored) with ``data`` in pieces of ``piece`` bytes,
+        ``interval_s`` apart, without a Content-Length; ``endless``: ``data`` again and again. An endless
+        source, or, with an interval, one that trickles. The server stops when the client hangs up,
+        after ``STREAM_LIMIT_S``, or when a send stalls for 10 s."""
+        with self._lock:
+            self._streams[path.lstrip("/")] = (data, piece, interval_s, endless)
 
     def clear_failures(self, path: str) -> None:
         """Serve ``path`` normally again."""
@@ -177,6 +190,9 @@ class _Handler(BaseHTTPRequestHandler):
         if failure is not None:
             self._send_status(rel, failure, range_header, body)
             return
+        if rel in self.owner._streams:
+            self._send_stream(rel, range_header, body)
+            return
         target = (self.owner.root / rel).resolve()
         if not target.is_relative_to(self.owner.root) or not target.is_file():
             self._send_status(rel, HTTPStatus.NOT_FOUND, range_header, body)
@@ -223,6 +239,31 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
             with self.owner._lock:
                 record.body_bytes = sent
+
+    def _send_stream(self, rel: str, range_header: str | None, body: bool) -> None:
+        data, piece, interval, endless = self.owner._streams[rel]
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", mimetypes.guess_type(rel)[0] or "application/octet-stream")
+        self.send_header("Connection", "close")  # no length: the body ends when the connection does
+        self.end_headers()
+        self.close_connection = True
+        record = Request(self.command, rel, 200, range_header, 0)
+        self.owner._record(record)
+        if not body:
+            return
+        self.connection.settimeout(10)  # a client that stopped reading must not hold this thread
+        sent, until = 0, time.monotonic() + STREAM_LIMIT_S
+        try:
+            while time.monotonic() < until and (endless or sent < len(data)):
+                at = sent % len(data)
+                self.wfile.write(data[at:at + piece])
+                sent += len(data[at:at + piece])
+                with self.owner._lock:
+                    record.body_bytes = sent
+                if interval:
+                    time.sleep(interval)
+        except OSError:  # the client hung up (or stalled): the stream ends
+            pass
 
     def _send_status(self, rel: str, status: int, range_header: str | None, body: bool) -> None:
         phrase = HTTPStatus(status).phrase

@@ -49,12 +49,14 @@ def ingest(inputs: list[str], config: str = "demo", output: str | None = None, a
     return 0
 
 
-def status(output: str, examples: int = 2) -> int:
+def status(output: str, examples: int = 2, clean: bool = False) -> int:
     """Show progress, failures by class, and the requests still pending with how to finish them.
 
     Args:
         output: the output directory or URL of an ingest
         examples: example messages shown per failure class (and pending requests shown)
+        clean: first remove what interrupted runs left (temporary folders on this machine, files of
+            uncommitted commits) and say what; refused while a run holds the output
     """
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -64,6 +66,8 @@ def status(output: str, examples: int = 2) -> int:
     from vast.shards.summary import format_summary, summarize
 
     store = OutputStore(output, create=False)
+    if clean:
+        _clean(store)
     print(format_summary(summarize(store)))
     example = _example_subtitle(store)
     if example:
@@ -95,6 +99,27 @@ def status(output: str, examples: int = 2) -> int:
         print(f"  finish the rest: rerun the same `vast-pipeline ingest {' '.join(files[:3])}"
               f"{' ...' if len(files) > 3 else ''} --output {output}` command")
     return 0
+
+
+def _clean(store: Any) -> None:
+    """``status --clean``: remove the output's stale run folders and uncommitted commits' files (locked)."""
+    from vast.pipeline.ingest import saved_config
+    from vast.pipeline.scratch import clean_output, configured_work_dir
+
+    # run folders go to a stage's work_dir when the run's config names one
+    work_dir = configured_work_dir(saved_config(store.url).stages) if store.exists("config.yaml") else None
+    lock = store.lock()
+    try:
+        removed, uncommitted = clean_output(store, work_dir)
+    finally:
+        lock.close()
+    for path, size in removed:
+        print(f"removed  {path} ({size / 2**20:.1f} MiB)")
+    for name in uncommitted:
+        print(f"removed  {store.path(name)} (a file of a commit that never completed)")
+    total = sum(size for _, size in removed) / 2**20
+    print(f"cleaned  {len(removed) + len(uncommitted)} item(s), {total:.1f} MiB" if removed or uncommitted
+          else "cleaned  nothing left behind by interrupted runs")
 
 
 def _example_subtitle(store: Any) -> tuple[str, str] | None:

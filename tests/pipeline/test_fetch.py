@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -337,6 +340,106 @@ def test_batch_mixing_good_and_bad_rows(server: RangeHTTPServer, media: Path, tm
     assert [r["stage"] for r in out] == ["", "fetch", "fetch", "", "plan"]
     assert out[4]["message"] == "bad line" and out[4]["media"] == b""  # earlier failure passes through
     assert out[0]["media"] == out[3]["media"] == (media / "short.mp4").read_bytes()
+
+
+# --- inputs that could hang or exhaust a worker ---------------------------------------------
+
+
+def finishes(fn, seconds: float = 120.0):
+    """``fn()``'s result; fails the test, instead of hanging it, if ``fn`` has not returned in ``seconds``."""
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(fn()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert result, f"still running after {seconds:g} s: it hangs"
+    return result[0]
+
+
+def test_local_sources_must_be_regular_files(media: Path, tmp_path: Path):
+    """A FIFO (no writer: opening it would block forever), a device that never ends, a socket and a
+    folder are refused without being read; the good line of the same batch settles."""
+    fifo, folder, sock_path = tmp_path / "pipe.mp4", tmp_path / "folder.mp4", tmp_path / "s.mp4"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_path))
+    zero_link = tmp_path / "zero.mp4"  # a media name in front of /dev/zero
+    zero_link.symlink_to("/dev/zero")
+    kinds = {fifo: "a FIFO (named pipe)", Path("/dev/zero"): "a character device",
+             zero_link: "a character device", sock_path: "a socket", folder: "a directory"}
+    rows = [request(str(p)) for p in kinds] + [request(str(media / "short.mp4"), 0.0, 2.0)]
+    try:
+        out = finishes(lambda: rows_of(fetcher()(batch_of(rows, LEDGER_COLUMNS))))
+    finally:
+        sock.close()
+    for row, (path, kind) in zip(out, kinds.items(), strict=False):
+        assert (row["status"], row["error_class"], row["stage"]) == ("failed", "invalid_input", "fetch")
+        assert row["message"] == f"{path} is {kind}, not a regular file: a local source must be a media file"
+        assert row["media"] == b""
+    assert out[-1]["status"] == "ok" and out[-1]["media"] == (media / "short.mp4").read_bytes()
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_zero_byte_source_is_empty_media_on_every_transport(server: RangeHTTPServer, media: Path,
+                                                              direct: bool):
+    (media / "zero-bytes.mp4").write_bytes(b"")
+    local = fetch_one(fetcher(), request(str(media / "zero-bytes.mp4")))
+    remote = fetch_one(fetcher(direct=direct), request(server.url("zero-bytes.mp4")))
+    assert local["error_class"] == remote["error_class"] == "empty_media"
+    assert local["stage"] == remote["stage"] == "fetch"
+    assert local["message"] == f"{media / 'zero-bytes.mp4'} is 0 bytes"
+    # a direct GET says so itself; through yt-dlp its message is kept
+    assert remote["message"] == (f"{server.url('zero-bytes.mp4')} sent 0 bytes" if direct
+                                 else "ERROR: Did not get any data blocks")
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_an_endless_response_stops_at_max_bytes(server: RangeHTTPServer, direct: bool):
+    """A body without a length that never ends (the HTTP twin of /dev/zero) is cut at max_bytes."""
+    path = f"endless-{direct}.mp4"
+    server.stream(path, b"\0" * 65536)
+    out = finishes(lambda: fetch_one(fetcher(direct=direct, max_bytes=2**20), request(server.url(path))))
+    assert (out["error_class"], out["stage"]) == ("too_large", "fetch")
+    assert out["message"] == f"{server.url(path)} sent over max_bytes=1048576 bytes"
+    # the server wrote what the client read, plus what socket buffers hold: a few MiB, not an endless stream
+    assert 2**20 < server.bytes_sent(path) < 64 * 2**20
+
+
+@pytest.mark.parametrize("mode", ["direct", "yt-dlp", "section"])
+def test_a_trickling_download_times_out_as_network_and_is_retried(server: RangeHTTPServer, media: Path,
+                                                                  mode: str):
+    """Bytes keep coming, so no read stalls for socket_timeout_s; download_timeout_s ends the attempt
+    all the same: yt-dlp's HTTP download at its next block, the ffmpeg of a section download by the
+    watchdog."""
+    path = f"trickle-{mode}.mp4"
+    # ~80 KB/s: ffprobe reads the head (the moov box) in time, the download of the rest takes seconds
+    server.stream(path, (media / "short.mp4").read_bytes(), piece=4096, interval_s=0.05, endless=False)
+    options = {"direct": {}, "yt-dlp": {"direct": False}, "section": {"section_min_bytes": 0}}[mode]
+    span = (1.0, 3.0) if mode == "section" else (NAN, NAN)
+    sleeps = Sleeps()
+    f = fetcher(sleeps, retries=1, download_timeout_s=1.0, **options)
+    out = finishes(lambda: fetch_one(f, request(server.url(path), *span)))
+    assert (out["error_class"], out["stage"]) == ("network", "fetch"), out["message"]
+    assert out["message"].startswith(f"{server.url(path)}: download timed out after download_timeout_s=1 s")
+    assert len(sleeps) == 1  # transient: tried again once
+    import psutil  # no ffmpeg of the attempts is left running
+
+    assert not [c for c in psutil.Process().children(recursive=True) if path in " ".join(c.cmdline())]
+
+
+def test_a_span_after_the_end_is_refused_before_any_section_download(server: RangeHTTPServer, media: Path):
+    """A plain file names no duration: fetch reads it (ffprobe, a ranged read) before a section
+    download would fetch an empty section, and refuses the span as the media stage would locally."""
+    f = fetcher(section_min_bytes=0)  # sections even for this small file
+    out = fetch_one(f, request(server.url("long.mp4"), 40.0, 45.0))
+    # refused before the download (the media stage's refusal of a downloaded file reads otherwise)
+    assert (out["error_class"], out["stage"]) == ("invalid_input", "fetch")
+    assert out["message"] == "span 40-45 s starts after the end of the source (it lasts 30 s)"
+    # what ffprobe cannot read over HTTP is fetched whole, for the media stage to judge
+    (media / "noise.mp4").write_bytes(random.Random(12).randbytes(40_000))
+    whole = fetch_one(f, request(server.url("noise.mp4"), 1.0, 3.0))
+    assert whole["status"] == "ok" and whole["media"] == (media / "noise.mp4").read_bytes()
+    assert whole["media_offset"] == 0.0 and json.loads(whole["source_info"])["section_downloaded"] is False
 
 
 # --- classification, backoff, config -------------------------------------------------------

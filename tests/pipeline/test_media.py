@@ -123,6 +123,63 @@ def test_section_download_offsets(media, tmp_path):
 def test_span_outside_media_is_invalid(media):
     (row,) = run([request(media["tone"], "vidA", 20.0, 25.0)])
     assert (row["status"], row["error_class"], row["stage"]) == ("failed", "invalid_input", "media")
+    assert row["message"] == "span 20-25 s starts after the end of the source (the source ends at 8 s)"
+
+
+def frames_and_samples(row: dict, tmp: Path) -> tuple[int, int]:
+    """Frames of the clip's mp4 and samples of its flac, as ffprobe counts them."""
+    (vs,) = probe(row["mp4"], tmp, "c.mp4", "-count_frames")["streams"]
+    (fs,) = probe(row["flac"], tmp, "c.flac")["streams"]
+    return int(vs["nb_read_frames"]), int(fs["duration_ts"])
+
+
+def test_a_span_partly_past_the_end_is_refused_not_cut_short(media):
+    """The key would name 6 s of which the source holds 2: refused, whatever the transport (a section
+    download that ends early reads the same, see test_bad_inputs)."""
+    (row,) = run([request(media["tone"], "vidA", 6.0, 12.0)])
+    assert (row["status"], row["error_class"], row["stage"]) == ("failed", "invalid_input", "media")
+    assert row["key"] == "vidA_6000_12000" and row["mp4"] == b"" and row["flac"] == b""
+    assert row["message"] == ("span 6-12 s runs 4.000 s past the end of the source (the source ends at 8 s; "
+                              "end_slack_s=0.1)")
+    # from a section download that starts at 5 s of the source, the message says so
+    (section,) = run([request(media["tone"], "vidA", 11.0, 17.0, offset=5.0)])
+    assert section["error_class"] == "invalid_input" and "section downloaded from 5 s ends at 13" in \
+        section["message"]
+
+
+def test_a_span_ending_within_the_slack_is_padded_to_its_keyed_length(media, tmp_path):
+    """Containers round durations: a span 60 ms past the end is cut, and lasts what its key names."""
+    (row,) = run([request(media["tone"], "vidA", 5.0, 8.06)])
+    assert row["status"] == "ok", row["message"]
+    assert (row["key"], row["start"], row["end"]) == ("vidA_5000_8060", 5.0, 8.06)
+    assert json.loads(row["clip_info"])["duration"] == 3.06
+    # the media contract: round(duration × fps) frames (CFG.fps = 10), round(duration × 16000) samples
+    assert frames_and_samples(row, tmp_path) == (round(3.06 * 10), round(3.06 * 16000))
+    (strict,) = run([request(media["tone"], "vidA", 5.0, 8.06)], dataclasses.replace(CFG, end_slack_s=0.0))
+    assert strict["error_class"] == "invalid_input" and "end_slack_s=0" in strict["message"]
+
+
+def test_a_span_may_run_to_the_end_of_audio_that_outlasts_the_pictures(tmp_path):
+    """The media ends where its last track does: the last picture is held over audio that goes on."""
+    src = tmp_path / "long-audio.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=160x120:r=25:d=4",
+                    "-f", "lavfi", "-i", "sine=frequency=440:duration=5", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", str(src)],
+                   check=True, capture_output=True)
+    ok, past = run([request(src, "vidL", 3.0, 5.0), request(src, "vidL", 3.0, 5.5)])
+    assert ok["status"] == "ok", ok["message"]
+    assert frames_and_samples(ok, tmp_path) == (20, 32000)
+    assert past["error_class"] == "invalid_input" and "past the end" in past["message"]
+
+
+def test_a_file_without_video_or_audio_is_a_decode_error(tmp_path):
+    """ffprobe reads subtitles (or some random bytes, as text) as a stream: still not a media file."""
+    subs = tmp_path / "subs.mp4"
+    subs.write_text("1\n00:00:01,000 --> 00:00:02,000\nhello\n\n2\n00:00:03,000 --> 00:00:04,000\nworld\n")
+    for config in (CFG, dataclasses.replace(CFG, audio_only=True)):
+        (row,) = run([request(subs, "vidS")], config)
+        assert (row["error_class"], row["stage"]) == ("decode_error", "media")
+        assert row["message"] == "no video or audio stream: read as srt with streams: subtitle"
 
 
 def test_rotated_source_keeps_its_displayed_shape(media, tmp_path):

@@ -11,6 +11,15 @@ than ``max_source_s`` are refused before any media is downloaded where their len
 advance. Where fetch has to probe the file (to learn that length), ffprobe's JSON travels on in
 the ``probe`` column, so the media stage does not probe it again.
 
+Nothing a request names can hang a worker or exhaust it: a local source must be a regular file
+(a FIFO, socket, device or directory is ``invalid_input``, found by ``stat`` without opening it),
+and every read is bounded by ``max_bytes`` and by time — a local file by its size and ffprobe's
+timeout, a download by ``socket_timeout_s`` per stall and ``download_timeout_s`` in all (yt-dlp's
+HTTP downloads through a progress hook, checked at each block it reads; its ffmpeg downloads by a
+watchdog). One input gives one class whatever the transport: a 0-byte file is ``empty_media``
+locally, by direct GET and through yt-dlp; a span past the end is ``invalid_input`` whether the
+whole file or a section of it was downloaded (see the media stage).
+
 Run in the same worker as the media stage (the graph chains them), the file stays on local disk
 and only its path is handed over (``fetch_local``); run alone, the stage returns the bytes
 (``media``), which is what crosses Ray's object store. Failures become ledger rows classed from
@@ -29,6 +38,7 @@ import os
 import random
 import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -44,6 +54,7 @@ from urllib.parse import urlparse
 from vast.config import ConfigError
 from vast.pipeline.inputs import AUDIO_SUFFIXES, VIDEO_SUFFIXES, source_path
 from vast.pipeline.media import ffprobe
+from vast.pipeline.scratch import scratch_dir
 from vast.pipeline.stage import TRANSIENT_CLASSES, SampleError, Stage, batch_of, fail, rows_of
 from vast.shards.schema import valid_text
 
@@ -78,10 +89,15 @@ class FetchConfig:
     max_source_s: float = 3600.0
     """Whole-video requests for longer sources, and longer spans, fail as ``too_long`` before download."""
     max_bytes: int = 2**31
-    """Downloads (or local files) bigger than this fail as ``too_large``; yt-dlp aborts early when it
-    knows the size in advance."""
+    """Downloads (or local files) bigger than this fail as ``too_large``: refused before download when the
+    size is known in advance, else stopped once this many bytes arrived (an endless stream included)."""
+    download_timeout_s: float = 1800.0
+    """Wall-clock limit of one download attempt, however steadily bytes arrive (``socket_timeout_s``
+    bounds each stall); over it the attempt fails as ``network`` (and is retried)."""
     work_dir: str | None = None
-    """Directory for the per-fetch temporary folders (removed after each fetch); None = system temp."""
+    """Where the per-fetch temporary folders go (each removed after its fetch). An ingest run puts its
+    run folder here (see README "Resume, crashes and retries"); None: the output's ``.staging`` (local
+    outputs) or the system temp dir."""
     direct: bool = True
     """Read plain http(s) URLs of media files (``.mp4``, ``.webm``, ``.m4a`` …) with one GET, without
     yt-dlp, unless ``cookies``, ``proxy`` or ``rate_limit`` is set; a page answered instead of media
@@ -93,8 +109,9 @@ class FetchConfig:
     def __post_init__(self) -> None:
         if self.retries < 0:
             raise ConfigError(f"fetch.retries must be ≥ 0, got {self.retries}")
-        if self.max_height <= 0 or self.max_bytes <= 0 or self.max_source_s <= 0:
-            raise ConfigError("fetch.max_height, max_bytes and max_source_s must be positive")
+        if min(self.max_height, self.max_bytes, self.max_source_s, self.download_timeout_s) <= 0:
+            raise ConfigError("fetch.max_height, max_bytes, max_source_s and download_timeout_s must be "
+                              "positive")
         if self.rate_limit is not None:
             parse_rate(self.rate_limit)  # fail at config time, not in the middle of a run
 
@@ -139,6 +156,8 @@ _CLASS_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
                         r"|DRM protected"),
         ("unavailable", r"HTTP Error (?:404|410)|video unavailable|not available|has been removed"
                         r"|been terminated|does not exist|no longer available|live event will begin"),
+        # yt-dlp's word for a response without a body: a 0-byte file, as a local one is
+        ("empty_media", r"did not get any data blocks"),
     )
 )
 
@@ -243,7 +262,7 @@ class Fetcher(Stage):
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Fetch a batch and return each file's bytes in ``media`` (for a media stage elsewhere)."""
         cfg: FetchConfig = self.config
-        with tempfile.TemporaryDirectory(prefix="vast-fetch-", dir=cfg.work_dir,
+        with tempfile.TemporaryDirectory(prefix="vast-fetch-", dir=scratch_dir(cfg.work_dir),
                                          ignore_cleanup_errors=True) as tmp:
             rows = rows_of(self.fetch_local(batch, Path(tmp)))
             for row in rows:
@@ -343,11 +362,19 @@ class Fetcher(Stage):
     def _read_local(self, path: Path, span: tuple[float, float] | None) -> _Fetched:
         cfg: FetchConfig = self.config
         try:
-            size = path.stat().st_size
+            st = path.stat()  # stat, not open: opening a FIFO would wait for a writer
         except FileNotFoundError:
             raise SampleError("unavailable", f"no such file: {path}") from None
         except OSError as e:
             raise SampleError("unavailable", f"cannot read {path}: {e}") from None
+        if not stat.S_ISREG(st.st_mode):
+            # a FIFO would block the run, a device (/dev/zero) never end, a directory is no media:
+            # nothing is read from it, and retrying cannot help, so the line is what needs fixing
+            raise SampleError("invalid_input", f"{path} is {_file_kind(st.st_mode)}, not a regular file: "
+                                               "a local source must be a media file")
+        size = st.st_size
+        if size == 0:
+            raise SampleError("empty_media", f"{path} is 0 bytes")
         if size > cfg.max_bytes:
             raise SampleError("too_large", f"{path} is {size} bytes, over max_bytes={cfg.max_bytes}")
         if not os.access(path, os.R_OK):
@@ -375,6 +402,7 @@ class Fetcher(Stage):
         """One GET of the whole file; None when yt-dlp should take it after all (a page, not media; or a
         large file of which a section will do)."""
         cfg: FetchConfig = self.config
+        deadline = time.monotonic() + cfg.download_timeout_s
         request = urllib.request.Request(url, headers={"User-Agent": "vast-pipeline", "Accept": "*/*"})
         try:
             response = urllib.request.urlopen(request, timeout=cfg.socket_timeout_s)  # noqa: S310 - http(s) only
@@ -387,7 +415,8 @@ class Fetcher(Stage):
             ctype = response.headers.get_content_type()
             if ctype.startswith(_NOT_MEDIA):
                 return None
-            length = int(response.headers.get("Content-Length") or 0) or None
+            declared = (response.headers.get("Content-Length") or "").strip()
+            length = int(declared) if declared.isdigit() else None
             if span is not None and cfg.section and length and length > cfg.section_min_bytes:
                 return None
             if length and length > cfg.max_bytes:
@@ -397,15 +426,22 @@ class Fetcher(Stage):
             size = 0
             try:
                 with open(path, "wb") as f:
-                    while chunk := response.read(1 << 20):
+                    # read1: one receive per call, so a trickling server meets the deadline check
+                    while chunk := response.read1(1 << 20):
                         size += len(chunk)
                         if size > cfg.max_bytes:
                             raise SampleError("too_large", f"{url} sent over max_bytes={cfg.max_bytes} bytes")
+                        if time.monotonic() > deadline:
+                            raise SampleError("network", f"{url}: download timed out after "
+                                                         f"download_timeout_s={cfg.download_timeout_s:g} s "
+                                                         f"({size} bytes arrived)")
                         f.write(chunk)
             except (OSError, http.client.HTTPException) as e:
                 raise _http_error(url, f"{type(e).__name__}: {e}") from None
         if length is not None and size != length:
             raise _http_error(url, f"IncompleteRead: {size} of {length} bytes")
+        if size == 0:
+            raise SampleError("empty_media", f"{url} sent 0 bytes")
         raw, probed = _probe_json(path)
         duration = probed.get("duration")
         if span is None and duration is not None and duration > cfg.max_source_s:
@@ -443,7 +479,7 @@ class Fetcher(Stage):
         }
         if cfg.cookies:
             # yt-dlp writes the cookie jar back on exit: concurrent workers must not share the file
-            folder = tempfile.mkdtemp(prefix="vast-cookies-")
+            folder = tempfile.mkdtemp(prefix="vast-cookies-", dir=scratch_dir(cfg.work_dir))
             weakref.finalize(self, shutil.rmtree, folder, True)
             private = Path(folder) / "cookies.txt"
             shutil.copyfile(cfg.cookies, private)
@@ -461,7 +497,21 @@ class Fetcher(Stage):
             import yt_dlp
 
             ydl = self._ydl.instance = yt_dlp.YoutubeDL(self._ydl_params())
+            ydl.add_progress_hook(self._check_limits)
         return ydl
+
+    def _check_limits(self, status: dict[str, Any]) -> None:
+        """yt-dlp progress hook: stop a download past ``max_bytes`` or its deadline (``download_timeout_s``).
+
+        yt-dlp's own ``max_filesize`` only acts on a size announced in advance: an endless response
+        without one would be read until the disk is full. Raising here ends the download (the hook
+        runs in the downloading thread, between two blocks it has read).
+        """
+        limits: _Limits | None = getattr(self._ydl, "limits", None)
+        if limits is None or status.get("status") != "downloading":
+            return
+        limits.check(str(status.get("tmpfilename") or status.get("filename") or ""),
+                     int(status.get("downloaded_bytes") or 0))
 
     def _download(self, url: str, span: tuple[float, float] | None, folder: Path) -> _Fetched:
         try:
@@ -477,20 +527,35 @@ class Fetcher(Stage):
         ydl.params.update(logger=logger, paths={"home": str(tmp), "temp": str(tmp)})
         if span is not None and cfg.section:
             ydl.params["download_ranges"] = download_range_func(None, [span])
+        limits = self._ydl.limits = _Limits(url, cfg.max_bytes, cfg.download_timeout_s, tmp)
         try:
             # unprocessed first: a playlist is refused before each of its entries is extracted
             info = ydl.extract_info(url, download=False, process=False)
             self._check_before_download(info, span)
             info = ydl.process_ie_result(info, download=False)  # resolves redirects, picks formats
+            if "download_ranges" in ydl.params and info.get("duration") is None and _one_http_file(info):
+                # A plain file names no duration. A section starting after its end would download as an
+                # empty file that fails to decode: learn the length first (a ranged read or two). What
+                # ffprobe cannot read over HTTP a section download (ffmpeg) cannot either: it is fetched
+                # whole, and the media stage judges the bytes, as it would a local file.
+                info["duration"] = self._remote_duration(info["url"])
+                if info["duration"] is None:
+                    ydl.params.pop("download_ranges")
             self._check_before_download(info, span)
             # the resolved info is downloaded as is: no second extraction
-            info = ydl.process_ie_result(info, download=True)
+            with limits:
+                info = ydl.process_ie_result(info, download=True)
         except yt_dlp.utils.YoutubeDLError as e:
+            if limits.expired:  # the watchdog stopped the ffmpeg of a section download
+                raise limits.timed_out() from None
             message = clean_message(str(e))
             raise SampleError(classify_error(message), message) from None
         finally:
+            self._ydl.limits = None
             ydl.params.pop("logger", None)
             ydl.params.pop("download_ranges", None)
+        if limits.expired:  # stopped, though yt-dlp did not say so
+            raise limits.timed_out()
         downloads = info.get("requested_downloads") or []
         path = Path(downloads[0]["filepath"]) if downloads and downloads[0].get("filepath") else None
         if path is None or not path.is_file():
@@ -518,6 +583,13 @@ class Fetcher(Stage):
             out["section"] = [section_start, downloads[0].get("section_end")]
         return _Fetched(path, float(section_start) if sectioned else 0.0, out, raw)
 
+    def _remote_duration(self, url: str) -> float | None:
+        """The duration ffprobe reads from a media file's URL, or None when it cannot read one."""
+        cfg: FetchConfig = self.config
+        data, _ = ffprobe(url, timeout_s=min(2 * cfg.socket_timeout_s, cfg.download_timeout_s),
+                          input_options=["-rw_timeout", str(int(cfg.socket_timeout_s * 1e6))])
+        return probe_summary(data).get("duration") if data else None
+
     def _check_before_download(self, info: dict[str, Any], span: tuple[float, float] | None) -> None:
         """Refuse what must not be downloaded, using only the extracted info."""
         cfg: FetchConfig = self.config
@@ -532,13 +604,76 @@ class Fetcher(Stage):
         if span is None and duration > cfg.max_source_s:
             raise _too_long(info.get("webpage_url") or "source", duration, cfg.max_source_s)
         if span is not None and span[0] >= duration:
-            raise SampleError("invalid_input", f"span starts at {span[0]:g}s, after the end of the "
-                                               f"{duration:g}s source")
+            raise SampleError("invalid_input", f"span {span[0]:g}-{span[1]:g} s starts after the end of the "
+                                               f"source (it lasts {duration:g} s)")
         if span is None or not cfg.section:
             size = info.get("filesize") or info.get("filesize_approx")
             if size and size > cfg.max_bytes:
                 raise SampleError("too_large", f"selected format is ~{size} bytes, over "
                                                f"max_bytes={cfg.max_bytes}")
+
+
+class _Limits:
+    """The bytes and the deadline of one yt-dlp download attempt (all the files it writes together).
+
+    yt-dlp's HTTP downloads report each block to ``check``. Its ffmpeg downloads (sections, some
+    streams) report nothing and are waited for without a limit, so while the attempt runs (``with``)
+    a watchdog kills, at the deadline, the processes writing into the attempt's folder.
+    """
+
+    def __init__(self, url: str, max_bytes: int, timeout_s: float, folder: Path):
+        self.url, self.max_bytes, self.timeout_s, self.folder = url, max_bytes, timeout_s, str(folder)
+        self.deadline = time.monotonic() + timeout_s
+        self.sizes: dict[str, int] = {}  # file being written → bytes so far (video and audio of a merge)
+        self.expired = False
+        self._timer: threading.Timer | None = None
+
+    def check(self, name: str, downloaded: int) -> None:
+        self.sizes[name] = downloaded
+        if sum(self.sizes.values()) > self.max_bytes:
+            raise SampleError("too_large", f"{self.url} sent over max_bytes={self.max_bytes} bytes")
+        if time.monotonic() > self.deadline:
+            raise self.timed_out()
+
+    def timed_out(self) -> SampleError:
+        return SampleError("network", f"{self.url}: download timed out after download_timeout_s="
+                                      f"{self.timeout_s:g} s ({sum(self.sizes.values())} bytes arrived)")
+
+    def __enter__(self) -> _Limits:
+        self._timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _expire(self) -> None:
+        import psutil
+
+        self.expired = True
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if any(self.folder in arg for arg in child.cmdline()):
+                    child.kill()
+            except psutil.Error:
+                pass  # it ended meanwhile
+
+
+def _one_http_file(info: dict[str, Any]) -> bool:
+    """Whether the chosen format is one file fetched over http(s) (not merged formats, not a stream)."""
+    return bool(info.get("url")) and not info.get("requested_formats") and \
+        str(info.get("protocol") or "") in ("http", "https")
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"))
+
+
+def _file_kind(mode: int) -> str:
+    return next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
 
 
 def _too_long(what: str, duration: float, limit: float) -> SampleError:

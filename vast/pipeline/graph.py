@@ -33,6 +33,7 @@ from typing import Any
 import pyarrow as pa
 
 from vast.pipeline.config import ActorPool, IngestConfig, RayOptions, StageSpec
+from vast.pipeline.scratch import scratch_dir
 from vast.pipeline.stage import batch_len, rows_of, stage_class, stage_config
 
 # Column carrying each stage's time records ([stage, start, end, cpu_s, slots], JSON) from the
@@ -145,7 +146,7 @@ class StageChain:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         records = []
-        folder = Path(tempfile.mkdtemp(prefix="vast-chain-", dir=self.work_dir))
+        folder = Path(tempfile.mkdtemp(prefix="vast-chain-", dir=scratch_dir(self.work_dir)))
         try:
             for i, (name, stage) in enumerate(self.stages):
                 meter = _Meter()
@@ -268,8 +269,10 @@ class Prepare:
     num_cpus: float = 1.0
 
 
-def build_dataset(cfg: IngestConfig, requests: pa.Table, counter: Any, prepare: Prepare | None = None) -> Any:
-    """The lazy Ray dataset for ``requests`` under ``cfg`` (nothing runs until it is iterated)."""
+def build_dataset(cfg: IngestConfig, requests: pa.Table, counter: Any, prepare: Prepare | None = None,
+                  scratch: str | None = None) -> Any:
+    """The lazy Ray dataset for ``requests`` under ``cfg`` (nothing runs until it is iterated); stages with
+    a ``work_dir`` keep their temporary files in ``scratch``, the run's folder (``vast.pipeline.scratch``)."""
     import ray
 
     specs = list(cfg.stages.items())
@@ -292,6 +295,8 @@ def build_dataset(cfg: IngestConfig, requests: pa.Table, counter: Any, prepare: 
                 # decode frames only when a later stage consumes them
                 later = names[names.index(name) + 1:]
                 config = dataclasses.replace(config, frames=_frames_consumed(later))
+            if scratch and "work_dir" in {f.name for f in dataclasses.fields(config)}:
+                config = dataclasses.replace(config, work_dir=scratch)
             configs.append((name, config))
         name, spec = op[0]
         if spec.actors:
@@ -317,11 +322,11 @@ def build_dataset(cfg: IngestConfig, requests: pa.Table, counter: Any, prepare: 
 
 def run_graph(cfg: IngestConfig, requests: pa.Table, first_commit: int,
               on_commit: Callable[[pa.Table], None], prepare: Prepare | None = None,
-              owners: dict[str, tuple[str, str, bool]] | None = None) -> None:
+              owners: dict[str, tuple[str, str, bool]] | None = None, scratch: str | None = None) -> None:
     """Run the graph over ``requests``; ``on_commit`` sees each commit's ledger rows as they land.
 
     Commit numbers start at ``first_commit``; ``owners`` seeds the clip keys already owned
-    (``vast.shards.ledger.ClipOwners``).
+    (``vast.shards.ledger.ClipOwners``); ``scratch`` is the run's folder for temporary files.
     """
     if requests.num_rows == 0:  # a rerun of a finished job, an empty retry: no cluster to start
         return
@@ -335,7 +340,7 @@ def run_graph(cfg: IngestConfig, requests: pa.Table, first_commit: int,
         # one dataset per window of requests: the object store never holds more than a window
         # of the plan, however long the input is
         for lo in range(0, requests.num_rows, window):
-            ds = build_dataset(cfg, requests.slice(lo, window), counter, prepare)
+            ds = build_dataset(cfg, requests.slice(lo, window), counter, prepare, scratch)
             # the sink's blocks as they are (small ledger tables): no batching, formatting or
             # prefetching threads in the driver, which only waits for the next commit
             for bundle in ds.iter_internal_ref_bundles():

@@ -29,6 +29,7 @@ from vast.pipeline.config import IngestConfig
 from vast.pipeline.graph import Prepare, run_graph
 from vast.pipeline.inputs import REJECT_SCHEMA, REQUEST_SCHEMA, InputFileError, Requests, read_inputs
 from vast.pipeline.progress import Progress
+from vast.pipeline.scratch import begin_run, configured_work_dir, remove
 from vast.pipeline.stage import ERROR_CLASSES, preflight
 from vast.shards.card import write_card
 from vast.shards.ledger import RESUME_COLUMNS, ResumeState, counted_clips, read_ledger, resume_state
@@ -135,16 +136,22 @@ def _run(cfg: IngestConfig, requests: pa.Table, rejected: pa.Table | None, save_
 
 def run_job(cfg: IngestConfig, plan: Callable[[OutputStore, ResumeState], tuple[pa.Table, int]],
             rejected: pa.Table | None = None, prepare: Prepare | None = None) -> dict[str, Any]:
-    """Lock the output, drop debris of interrupted commits, plan against the committed ledger,
-    commit rejected input lines, run the graph and write the summary (and the dataset card)."""
+    """Lock the output, drop debris of interrupted commits and runs, plan against the committed ledger,
+    commit rejected input lines, run the graph (its temporary files in one run folder, removed at the
+    end: ``vast.pipeline.scratch``) and write the summary (and the dataset card)."""
     started = time.time()
     preflight(cfg.stages)  # every model on this machine, before the output is touched or Ray starts
     store = OutputStore(cfg.output)
     lock = store.lock()
+    scratch = None
     try:
         removed = store.clean_uncommitted()
         if removed:
             print(f"removed {len(removed)} file(s) of an interrupted commit", file=sys.stderr)
+        scratch, stale = begin_run(store, configured_work_dir(cfg.stages))
+        if stale:
+            print(f"removed {len(stale)} temporary folder(s) of an interrupted run "
+                  f"({sum(n for _, n in stale) / 2**20:.1f} MiB)", file=sys.stderr)
         write_card(store)  # the folder loads as a dataset from the first commit on, crash or not
         state = resume_state(read_ledger(store, RESUME_COLUMNS))
         todo, total = plan(store, state)
@@ -166,7 +173,7 @@ def run_job(cfg: IngestConfig, plan: Callable[[OutputStore, ResumeState], tuple[
             print(f"NOTE: {cfg.notice}", file=sys.stderr)
         print(f"{total} request(s): {total - todo.num_rows} already settled, {todo.num_rows} to run",
               file=sys.stderr)
-        run_graph(cfg, todo, next_commit, progress.update, prepare, owners=keys.owners)
+        run_graph(cfg, todo, next_commit, progress.update, prepare, owners=keys.owners, scratch=scratch)
         progress.close()
         summary = summarize(store, run={"seconds": round(time.time() - started, 2), **progress.counts()})
         if cfg.notice:
@@ -175,6 +182,8 @@ def run_job(cfg: IngestConfig, plan: Callable[[OutputStore, ResumeState], tuple[
         write_card(store, summary)
         return summary
     finally:
+        if scratch:
+            remove([scratch])
         lock.close()
 
 

@@ -8,6 +8,12 @@ video is cut at scene changes by ``scenes.py``), and each clip costs one ffmpeg 
 on the input, decodes the segment once and writes both the mp4 and the FLAC. The frames handed to
 the captioners are then read by decord from the small re-encoded mp4, never from the source, and
 only when a later stage consumes them (``frames``).
+
+Spans are honest: a clip lasts exactly what its key names, and its key is the request's (resume
+and ``claim_keys`` reserve span keys by the requested times), so a span must lie within the
+source. One that starts after the source's end, or ends past it by more than ``end_slack_s``, is
+``invalid_input`` before ffmpeg runs; within the slack (containers round their durations, and a
+release's spans were measured on other copies of the video) the clip is padded to its keyed length.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import numpy as np
 
 from vast.pipeline.keys import clip_key
 from vast.pipeline.scenes import SceneDetectionError, detect_cuts, plan_clips, stderr_tail
+from vast.pipeline.scratch import scratch_dir
 from vast.pipeline.stage import SampleError, Stage, fail
 
 
@@ -68,6 +75,12 @@ class MediaConfig:
     frames: bool | None = None
     """Decode ``num_frames`` frames per clip with decord. None: only when a later stage of the graph
     consumes them (a captioner); a clip's duration and rate then come from its mp4 header."""
+    end_slack_s: float = 0.1
+    """How far a span may end past the source's end (seconds) and still be cut: the clip is padded to
+    its keyed length (last frame held, audio silence). Further past the end it fails as ``invalid_input``."""
+    work_dir: str | None = None
+    """Where the per-request temporary folders go; an ingest run puts its run folder here (see the fetch
+    stage's ``work_dir``); None: the system temp dir."""
 
 
 class MediaCutter(Stage):
@@ -92,6 +105,8 @@ class MediaCutter(Stage):
                              f"min_clip_s ({c.min_clip_s})")
         if c.num_frames < 1 or c.frame_size < 1 or c.max_height < 2:
             raise ValueError("num_frames and frame_size must be ≥ 1 and max_height ≥ 2")
+        if not c.end_slack_s >= 0:
+            raise ValueError(f"end_slack_s must be ≥ 0, got {c.end_slack_s}")
         s = c.frame_size
         self.output_defaults = {"mp4": b"", "flac": b"", "frames": np.zeros((0, s, s, 3), np.uint8),
                                 "clip_info": "{}"}
@@ -109,7 +124,7 @@ class MediaCutter(Stage):
         """One fetched request → its clip rows (clips in ``skip_keys`` not cut: ``duplicate`` rows)."""
         offset = float(row.get("media_offset") or 0.0)
         skip = set(row["skip_keys"]) if row.get("skip_keys") is not None else set()
-        with tempfile.TemporaryDirectory(prefix="vast-media-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="vast-media-", dir=scratch_dir(self.config.work_dir)) as tmp:
             local = row.get("media_path")
             if isinstance(local, str) and local:
                 src = Path(local)  # fetched into this worker: read in place, never copied
@@ -183,10 +198,14 @@ class MediaCutter(Stage):
         video = [s for s in streams if s.get("codec_type") == "video"
                  and not s.get("disposition", {}).get("attached_pic")]
         audio = [s for s in streams if s.get("codec_type") == "audio"]
+        kinds = ", ".join(sorted({s.get("codec_type", "?") for s in streams}))
+        if not video and not audio:
+            # neither pictures nor sound: not a media file (random bytes pass for a text subtitle)
+            raise SampleError("decode_error", f"no video or audio stream: read as "
+                                              f"{fmt.get('format_name', '?')} with streams: {kinds}")
         if not video:
-            if audio and self.config.audio_only:
+            if self.config.audio_only:
                 return _audio_probe(audio[0], fmt)
-            kinds = ", ".join(sorted({s.get("codec_type", "?") for s in streams}))
             raise SampleError("no_video_stream", f"streams: {kinds}")
         v = video[0]
         still = fmt.get("format_name") == "image2" or str(fmt.get("format_name", "")).endswith("_pipe")
@@ -212,20 +231,36 @@ class MediaCutter(Stage):
             "audio_codec": audio[0].get("codec_name") if audio else None,
             "audio_rate": int(audio[0].get("sample_rate") or 0) if audio else None,
             "audio_channels": audio[0].get("channels") if audio else None,
+            # what a clip can hold at most: the audio track may outlast the pictures
+            "extent": max(duration, (not still and audio and _float(audio[0].get("duration"))) or 0.0),
         }
 
     def _span(self, row: dict[str, Any], offset: float,
               probe: dict[str, Any]) -> tuple[float, float, float, float]:
-        """A span request: (start, end) in the media file and in the source, clamped to the media."""
+        """A span request: (start, end) in the media file and in the source, or ``invalid_input`` when the
+        span is not within the media (see the module docstring; ``end_slack_s``)."""
         start, end, duration = float(row["start"]), float(row["end"]), probe["duration"]
-        if math.isnan(end):
-            end = offset + duration
-        rel_start, rel_end = max(0.0, start - offset), min(duration, end - offset)
+        # the source time the media ends at (a section download ends where the source or the section does)
+        media_end = offset + probe.get("extent", duration)
+        where = (f"the source's section downloaded from {offset:g} s ends at {media_end:g} s" if offset
+                 else f"the source ends at {media_end:g} s")
+        if not probe["still"]:  # a still image lasts as long as it is shown
+            if start >= media_end:
+                raise SampleError("invalid_input", f"span {start:g}-{end:g} s starts after the end of the "
+                                                   f"source ({where})")
+            if end > media_end + self.config.end_slack_s:
+                # The key names the requested times (resume and claim_keys reserve them): a clip cut short
+                # would claim media that is not there, and one renamed to the real end would escape them.
+                raise SampleError("invalid_input", f"span {start:g}-{end:g} s runs {end - media_end:.3f} s "
+                                                   f"past the end of the source ({where}; end_slack_s="
+                                                   f"{self.config.end_slack_s:g})")
+        rel_start, rel_end = max(0.0, start - offset), end - offset
         # Less than one frame of video in the span would give an mp4 without pictures.
-        if rel_end - rel_start < 1 / (probe["fps"] or 25.0):
+        if min(rel_end, duration) - rel_start < 1 / (probe["fps"] or 25.0):
             raise SampleError("invalid_input", f"span {start:g}-{end:g} s holds no video frame of the media "
                                                f"(source {offset:g}-{offset + duration:g} s)")
-        # The key and span stay the requested ones: resume derives this clip's key from the request.
+        # Not clamped to the media: within the slack, _cut pads the clip to its keyed length (the last
+        # frame held, the audio padded with silence).
         return rel_start, rel_end, start, end
 
     def _scene_clips(self, src: Path, probe: dict[str, Any],
@@ -391,13 +426,16 @@ def _keyed_duration(start: float, end: float) -> float:
     return (round(end * 1000) - round(start * 1000)) / 1000
 
 
-def ffprobe(path: str | Path, timeout_s: float = 600.0) -> tuple[dict[str, Any] | None, str]:
-    """ffprobe's JSON (format and streams) of a media file, or (None, why it could not be read).
+def ffprobe(path: str | Path, timeout_s: float = 600.0,
+            input_options: list[str] | None = None) -> tuple[dict[str, Any] | None, str]:
+    """ffprobe's JSON (format and streams) of a media file or URL, or (None, why it could not be read).
 
     The one probe of a source: the fetch stage runs it when it needs the duration and hands the JSON
-    on to the media stage (``probe`` column), which otherwise runs it itself.
+    on to the media stage (``probe`` column), which otherwise runs it itself. ``input_options`` go
+    before the input (e.g. ``-rw_timeout`` for a URL).
     """
-    args = ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)]
+    args = ["ffprobe", "-v", "error", *(input_options or []), "-print_format", "json", "-show_format",
+            "-show_streams", str(path)]
     try:
         proc = subprocess.run(args, capture_output=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
