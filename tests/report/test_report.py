@@ -151,6 +151,14 @@ def test_figures_equal_the_ledger_and_manifest_counts(corpus):
     assert {c: n for c, n in shown.items() if n} == dict(per_commit)
     assert sum(int(r.values()[3]) for r in page.table("runs")) == 12  # one run settled every clip
 
+    # the latest run's CPU per stage, as summary.json holds it
+    stages = json.loads((corpus.output / "summary.json").read_text())["run"]["stages"]
+    shown = {r.texts()[0]: r.texts() for r in page.table("stages")}
+    assert list(shown) == list(stages) and {"fetch", "media", "commit"} <= set(stages)
+    for name, st in stages.items():
+        assert math.isclose(float(shown[name][1]), st["cpu_s"], abs_tol=0.05)
+        assert math.isclose(float(shown[name][4]), 100 * st["bottleneck_share"], abs_tol=0.5)
+
 
 def test_gallery_shows_every_clip_with_the_shards_media(corpus):
     page = corpus.page()

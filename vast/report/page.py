@@ -108,12 +108,28 @@ def _summary(s: CorpusStats) -> str:
                      "starts a new one); clips/s counts the clips after a run's first commit over the "
                      "time since it.</p></div>")
     if s.latest_run:
-        flat = "".join(f"<tr><th>{_e(k)}</th><td class=\"n\">{_e(v)}</td></tr>"
-                       for k, v in _flatten(s.latest_run))
+        scalars = {k: v for k, v in s.latest_run.items() if k != "stages"}
+        flat = "".join(f"<tr><th>{_e(k)}</th><td class=\"n\">{_e(v)}</td></tr>" for k, v in _flatten(scalars))
         out.append(f'<div><table class="data" data-table="latest_run"><caption>latest run (summary.json)'
                    f"</caption><tbody>{flat}</tbody></table></div>")
+        stages = s.latest_run.get("stages")
+        if isinstance(stages, dict) and stages:
+            out.append("<div>" + _stage_table(stages) + "</div>")
     out.append("</div></section>")
     return "\n".join(out)
+
+
+def _stage_table(stages: dict[str, Any]) -> str:
+    """The latest run's CPU per stage (``summary.json`` ``run.stages``): what a user sizes a cluster by."""
+    def cell(v: Any, fmt: str, scale: float = 1.0) -> str:
+        return f'<td class="n">{format(v * scale, fmt) if isinstance(v, (int, float)) else "—"}</td>'
+
+    rows = [f"<tr><th>{_e(name)}</th>{cell(st.get('cpu_s'), '.1f')}{cell(st.get('cpu_s_per_clip'), '.3f')}"
+            f"{cell(st.get('busy_s'), '.1f')}{cell(st.get('bottleneck_share'), '.0f', 100)}</tr>"
+            for name, st in stages.items() if isinstance(st, dict)]
+    return (_table("stages", ["stage", "CPU s", "CPU s / clip", "busy s", "bottleneck, % of wall"], rows)
+            + '<p class="muted">CPU of each stage in the latest run, and the share of its wall time each '
+              "stage was the bottleneck (the figures to size a cluster by).</p>")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
