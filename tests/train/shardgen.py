@@ -93,7 +93,14 @@ def downstream_shards() -> Path:
 
 
 def shard_urls(folder: Path) -> list[str]:
-    return sorted(str(p) for p in folder.glob("shard-*.tar"))
+    """The shards ordered by the clips they hold, not by their commit numbers: which of two concurrent
+    commits gets the lower number depends on the machine's load, and the trainer tests' figures on
+    the order the clips are read in."""
+    def keys(path: Path) -> list[str]:
+        with tarfile.open(path) as tar:
+            return sorted({m.name.split(".", 1)[0] for m in tar})
+
+    return [str(p) for p in sorted(folder.glob("shard-*.tar"), key=keys)]
 
 
 @functools.cache
