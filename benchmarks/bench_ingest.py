@@ -23,7 +23,9 @@ ffprobe: the rest).
 
 Figures per clip count (median of ``--repeat`` interleaved runs): CPU s of each side, ours/floor,
 clips per CPU second; start-up = CPU of ours on one clip minus the floor's CPU per clip; the fixed
-cost and the marginal cost per clip of ours from the 24- and 96-clip runs; the driver's peak RSS.
+cost and the marginal cost per clip of ours from the 24- and 96-clip runs (labelled: not the headline);
+the driver's peak RSS; and the least the embedded Ray costs, started as ingest starts it (one task; one
+Ray Data graph): the bound on start-up while ingest runs on Ray Data.
 
     .venv/bin/python benchmarks/bench_ingest.py            # 24, 96, 960 clips, 3 runs each (~1 h on 2 cores)
     .venv/bin/python benchmarks/bench_ingest.py --quick    # smoke run: 6 and 24 clips, once
