@@ -65,8 +65,9 @@ print(json.dumps({{"status": out[0]["status"], "message": out[0]["message"], "he
     assert [t[0] for t in got["times"]] == ["fetch", "media"] and got["times"][1][3] > 0
 
 
-def test_the_embedded_ray_listens_on_loopback_only(tmp_path):
-    """Services bound to loopback by default: every socket the embedded Ray's processes listen on."""
+def test_the_embedded_ray_listens_on_loopback_only_and_starts_only_the_daemons_it_needs(tmp_path):
+    """Services bound to loopback by default: every socket the embedded Ray's processes listen on. And
+    of Ray's daemons only those a one-node run needs: no autoscaler monitor, no log monitor."""
     script = """
 import json, os, psutil, ray
 from vast.pipeline.config import RayOptions
@@ -74,12 +75,19 @@ from vast.pipeline.graph import init_ray
 init_ray(RayOptions(num_cpus=1, object_store_mb=128))
 ray.get(ray.remote(lambda: 1).remote())  # a worker and its sockets too
 me = psutil.Process()
-pids = {p.pid for p in me.children(recursive=True)} | {me.pid}
-print(json.dumps(sorted({c.laddr.ip for c in psutil.net_connections("inet")
-                         if c.status == psutil.CONN_LISTEN and c.pid in pids})))
+kids = me.children(recursive=True)
+pids = {p.pid for p in kids} | {me.pid}
+print(json.dumps({"addresses": sorted({c.laddr.ip for c in psutil.net_connections("inet")
+                                       if c.status == psutil.CONN_LISTEN and c.pid in pids}),
+                  "programs": sorted({os.path.basename(a) for p in kids for a in p.cmdline()
+                                      if a == p.cmdline()[0] or a.endswith(".py")})}))
 ray.shutdown()
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                          timeout=300)
-    addresses = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    addresses = set(got["addresses"])
     assert addresses and addresses <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, addresses
+    programs = set(got["programs"])
+    assert {"gcs_server", "raylet", "dashboard.py"} <= programs, programs
+    assert not programs & {"monitor.py", "log_monitor.py"}, programs

@@ -15,6 +15,7 @@ memory stays bounded by the pipeline's width, not the input's length.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -25,7 +26,7 @@ import resource
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,12 +55,44 @@ def init_ray(opts: RayOptions) -> None:
     else:
         _single_machine_ray()
         # "local": always a new embedded cluster, never one that happens to run on this machine
-        ray.init(address="local", num_cpus=opts.num_cpus, object_store_memory=opts.object_store_mb * 2**20,
-                 include_dashboard=False, _node_ip_address="127.0.0.1", **common)
+        # no log monitor publishes worker prints here (_only_needed_daemons): nothing to subscribe to
+        common["log_to_driver"] = False
+        with _only_needed_daemons():
+            ray.init(address="local", num_cpus=opts.num_cpus,
+                     object_store_memory=opts.object_store_mb * 2**20, include_dashboard=False,
+                     _node_ip_address="127.0.0.1", **common)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _only_needed_daemons() -> Iterator[None]:
+    """While the embedded Ray starts: no autoscaler monitor and no log monitor.
+
+    ``ray.init`` starts both on every new cluster and offers no switch for them (its ``RayParams``
+    has ``no_monitor`` and ``include_log_monitor``; ``ray start`` exposes them). The embedded Ray
+    has one node that never scales, so the monitor has nothing to do; the log monitor tails every
+    worker's log file to echo it on the driver, and the pipeline's failures reach the driver as
+    task errors and ledger rows, not as worker prints (those stay in Ray's session logs). Together
+    they cost ~1 CPU s to start and more for every second the run lasts
+    (``benchmarks/bench_ingest.py``). A cluster the user gives (``ray.address``) is never touched.
+    """
+    from ray._private.parameter import RayParams
+
+    original = RayParams.__init__
+
+    def without_monitors(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.no_monitor = True
+        self.include_log_monitor = False
+
+    RayParams.__init__ = without_monitors  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        RayParams.__init__ = original  # type: ignore[method-assign]
 
 
 def _single_machine_ray() -> None:
