@@ -14,6 +14,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -69,8 +70,6 @@ def media_dir() -> Path:
 @functools.cache
 def downstream_shards() -> Path:
     """Shards of the four clips with captions and a QA pair in ``meta`` (via ``shards build``)."""
-    from vast.pipeline.build import shards_build
-
     root = _tmp()
     records = annotations("ret")
     for r, qa in zip(records, annotations("qa"), strict=True):
@@ -78,17 +77,20 @@ def downstream_shards() -> Path:
     ann = root / "ann.json"
     ann.write_text(json.dumps(records))
     out = root / "shards"
-    # the same clips in the same shards on every run, however busy the machine: the trainer tests'
-    # figures depend on which clips share a shard (Ray otherwise commits them in completion order)
-    import ray.data
-
-    options = ray.data.DataContext.get_current().execution_options
-    options.preserve_order = True
-    try:
-        rc = shards_build(str(ann), str(media_dir()), str(out), preset="tiny", overrides=INGEST)
-    finally:
-        options.preserve_order = False
-    assert rc == 0, "shards build failed on the test media"
+    # The same clips in the same shards on every run, however busy the machine and whatever Ray the
+    # test process already runs: the trainer tests' figures depend on which clips share a shard. So
+    # the build gets a Ray of its own (a fresh process, the tiny preset's) that keeps the plan's order
+    # (Ray otherwise commits clips in completion order).
+    script = (
+        "import json, sys, ray.data\n"
+        "from vast.pipeline.build import shards_build\n"
+        "ray.data.DataContext.get_current().execution_options.preserve_order = True\n"
+        "sys.exit(shards_build(sys.argv[1], sys.argv[2], sys.argv[3], preset='tiny',\n"
+        "                      overrides=json.loads(sys.argv[4])))\n"
+    )
+    args = [str(ann), str(media_dir()), str(out), json.dumps(INGEST)]
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"shards build failed on the test media: {done.stderr[-2000:]}"
     return out
 
 
@@ -96,11 +98,13 @@ def shard_urls(folder: Path) -> list[str]:
     """The shards ordered by the clips they hold, not by their commit numbers: which of two concurrent
     commits gets the lower number depends on the machine's load, and the trainer tests' figures on
     the order the clips are read in."""
-    def keys(path: Path) -> list[str]:
-        with tarfile.open(path) as tar:
-            return sorted({m.name.split(".", 1)[0] for m in tar})
+    return [str(p) for p in sorted(folder.glob("shard-*.tar"), key=shard_keys)]
 
-    return [str(p) for p in sorted(folder.glob("shard-*.tar"), key=keys)]
+
+def shard_keys(path: str | Path) -> list[str]:
+    """The sample keys a shard holds, sorted."""
+    with tarfile.open(path) as tar:
+        return sorted({m.name.split(".", 1)[0] for m in tar})
 
 
 @functools.cache

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.train.conftest import tiny_overrides
+from tests.train.shardgen import shard_keys, shard_urls
 from vast.shards.store import OutputLocked
 from vast.train.cli import UPSTREAM_FLAGS, load_train_config, parse_args
 from vast.train.config import TrainConfig
@@ -234,7 +235,8 @@ def test_two_runs_never_share_an_output_directory(tmp_path, vocab, ds_shards):
 def test_tiny_retrieval_finetune_reaches_full_recall_on_its_clips(tmp_path, vocab, ds_shards):
     out = tmp_path / "run"
     metrics = train(load_train_config("tiny-retrieval", tiny_overrides(vocab, out, ds_shards)))
-    assert metrics["ret_tva_itm_t2v_r1"] == 100.0, metrics  # all 8 captions of the 4 clips
+    # all 8 captions of the 4 clips (the message says what the run depended on, should it ever differ)
+    assert metrics["ret_tva_itm_t2v_r1"] == 100.0, (metrics, [shard_keys(u) for u in shard_urls(ds_shards)])
     # testing mode reproduces the score from the final checkpoint
     ckpt = sorted((out / "ckpt").glob("step_*.pt"))[-1]
     tested = train(load_train_config("tiny-retrieval", tiny_overrides(
