@@ -31,6 +31,7 @@ from .checkpoint import (
     load_eva_clip,
     load_official_vast,
     load_public_towers,
+    load_weights,
     save_checkpoint,
 )
 from .configs import CONFIGS, create_model, get_config
@@ -60,6 +61,7 @@ __all__ = [
     "load_official_vast",
     "load_public_towers",
     "load_tokenizer",
+    "load_weights",
     "media_batch",
     "parse_task",
     "preprocess_frames",

@@ -266,6 +266,16 @@ def load_official_vast(
     return load_state(model, state, strict=strict, report=report)
 
 
+def load_weights(model: VAST, source: str | Path) -> LoadReport:
+    """Load one of our checkpoints (``save_checkpoint``) or an upstream VAST ``model_step_N.pt`` / run
+    directory (its latest step) into ``model``."""
+    path = Path(source)
+    blob = read_file(latest_step(path) if path.is_dir() else path)
+    if blob.get("format") == FORMAT:
+        return load_state(model, blob["model"])
+    return load_official_vast(model, blob)
+
+
 # --------------------------------------------------------------- the towers
 
 

@@ -121,18 +121,13 @@ def create_model(
     ``checkpoint``: one of our checkpoints, or an official VAST ``model_step_N.pt`` / run directory.
     ``tokenizer``: a local directory with ``vocab.txt``.
     """
-    from .checkpoint import FORMAT, latest_step, load_official_vast, load_state, read_file
+    from .checkpoint import load_weights
 
     cfg = get_config(name, **overrides)
     with torch.device(device or "cpu"):
         model = cfg.build()
     if checkpoint is not None:
-        path = Path(checkpoint)
-        blob = read_file(latest_step(path) if path.is_dir() else path)
-        if blob.get("format") == FORMAT:
-            load_state(model, blob["model"])
-        else:
-            load_official_vast(model, blob)
+        load_weights(model, checkpoint)
     if tokenizer is not None:
         model.set_tokenizer(load_tokenizer(tokenizer))
     return model

@@ -81,7 +81,7 @@ def build_model(cfg: ModelConfig, device: torch.device) -> Any:
     Weights load as upstream builds a run: the public towers (EVA-CLIP, BEATs, BERT) when given,
     then ``init`` (a VAST checkpoint) over them.
     """
-    from vast.model import create_model, load_public_towers
+    from vast.model import create_model, load_public_towers, load_weights
 
     if cfg.tokenizer is None:
         raise ValueError("model.tokenizer: a directory with the BERT vocab.txt is required")
@@ -95,18 +95,6 @@ def build_model(cfg: ModelConfig, device: torch.device) -> Any:
             tower.requires_grad_(False)
     model.set_grad_checkpointing(cfg.checkpointing)
     return model.to(device)
-
-
-def load_weights(model: Any, path: str) -> None:
-    """Load one of our checkpoints or an upstream VAST run directory / ``model_step_N.pt`` into ``model``."""
-    from vast.model.checkpoint import FORMAT, latest_step, load_official_vast, load_state, read_file
-
-    p = Path(path)
-    blob = read_file(latest_step(p) if p.is_dir() else p)
-    if blob.get("format") == FORMAT:
-        load_state(model, blob["model"])
-    else:
-        load_official_vast(model, blob)
 
 
 def count_samples(reader: ReaderConfig) -> int:
@@ -228,10 +216,10 @@ def save_state(path: Path, model: Any, opt: torch.optim.Optimizer, sched: Any, s
 def load_state(path: Path, model: Any, opt: torch.optim.Optimizer, sched: Any, scaler: Any
                ) -> tuple[int, DataPosition]:
     """Restore everything :func:`save_state` wrote; returns (step, data position)."""
-    from vast.model.checkpoint import load_state as load_weights
+    from vast.model.checkpoint import load_state as load_model_state
 
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    load_weights(model, blob["model"])
+    load_model_state(model, blob["model"])
     extra = blob["extra"]
     opt.load_state_dict(extra["optimizer"])
     sched.load_state_dict(extra["scheduler"])
@@ -274,6 +262,7 @@ def _evaluate(model: Any, cfg: TrainConfig, task: str) -> dict[str, Any]:
 
 def _run(cfg: TrainConfig, rank: int, world: int, device: torch.device, log: MetricLog) -> dict[str, Any]:
     from vast.config import to_dict
+    from vast.model import load_weights
     from vast.train.evaluate import headline
 
     if is_main():
