@@ -69,15 +69,7 @@ def durations(counts: np.ndarray, bin_s: float) -> str:
 
 def failures(errors: dict[str, int]) -> str:
     """Failed clips per error class, largest first."""
-    names, values = list(errors)[::-1], list(errors.values())[::-1]
-    with _figure(max(1.6, 0.32 * len(names) + 0.8)) as fig:
-        ax = fig.subplots()
-        bars = ax.barh(names, values, color=FAILED)
-        ax.bar_label(bars, padding=3)
-        ax.set_xlabel("failed clips")
-        _counts_axis(ax.xaxis)
-        ax.margins(x=0.12)
-        return _svg(fig)
+    return _labelled_bars(list(errors.items()), FAILED, "failed clips", row_inches=0.32)
 
 
 def caption_words(captions: dict[str, CaptionStats]) -> str:
@@ -122,12 +114,17 @@ def languages(counts: dict[str, int], top: int = 15) -> str:
     items = list(counts.items())
     if len(items) > top:
         items = items[:top] + [("other", sum(v for _, v in items[top:]))]
+    return _labelled_bars(items, OK, "clips with speech", row_inches=0.3)
+
+
+def _labelled_bars(items: list[tuple[str, int]], color: str, xlabel: str, row_inches: float) -> str:
+    """Horizontal count bars, the first item on top, each labelled with its count."""
     names, values = [k for k, _ in items][::-1], [v for _, v in items][::-1]
-    with _figure(max(1.6, 0.3 * len(names) + 0.8)) as fig:
+    with _figure(max(1.6, row_inches * len(names) + 0.8)) as fig:
         ax = fig.subplots()
-        bars = ax.barh(names, values, color=OK)
+        bars = ax.barh(names, values, color=color)
         ax.bar_label(bars, padding=3)
-        ax.set_xlabel("clips with speech")
+        ax.set_xlabel(xlabel)
         _counts_axis(ax.xaxis)
         ax.margins(x=0.12)
         return _svg(fig)
