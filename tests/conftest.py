@@ -1,14 +1,26 @@
-"""Fixtures shared by the pipeline tests: generated media, a local range-capable HTTP server."""
+"""Fixtures shared by the tests: generated media, a local range-capable HTTP server, and the end of each
+test module's in-process Ray."""
 
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.httpserver import RangeHTTPServer
 from tests.mediagen import make_audio_only, make_corrupt, make_video
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    """A test module that started Ray in this process (an in-process ingest, annotate, shards build ...)
+    ends it: the next module's runs start the Ray their own config asks for, not the one left over."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -45,14 +45,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> LLMServer:
         yield srv
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    yield
-    import ray
-
-    ray.shutdown()
-
-
 def caption_rows(n: int) -> list[dict]:
     """Clip requests that already carry vision/audio captions and a subtitle (what fusion reads)."""
     rows = []
@@ -193,4 +185,3 @@ def test_the_completions_api_takes_the_plain_prompt(server):
     out = rows_of(stage(batch_of(rows)))
     assert out[0]["status"] == "ok" and out[0]["vast_cap"]
     assert json.loads(out[0]["provenance"])["vast_cap"]["api"] == "completions"
-

@@ -71,14 +71,6 @@ def readme_table() -> dict[str, tuple[str | None, str | None]]:
     return rows
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    yield
-    import ray
-
-    ray.shutdown()
-
-
 @pytest.fixture(scope="module")
 def bad(media_root: Path) -> Path:
     folder = media_root / "bad"

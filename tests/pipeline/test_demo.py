@@ -19,14 +19,6 @@ from vast.pipeline.ingest import ingest
 STAGES = ("vision_caption", "audio_caption", "subtitle", "fusion")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    yield
-    import ray
-
-    ray.shutdown()
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, str]:
     return write_demo_models(tmp_path_factory.mktemp("models"))

@@ -30,14 +30,6 @@ FAST_FETCH = {"stages.fetch.options.retries": 1, "stages.fetch.options.backoff_s
               "stages.fetch.options.backoff_max_s": 0.02}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    yield
-    import ray
-
-    ray.shutdown()
-
-
 @pytest.fixture(scope="module")
 def served(media_root: Path) -> Path:
     """This module's own media (copies, so download counts are this module's alone): a 12 s video

@@ -28,14 +28,6 @@ FAST_FETCH = {"stages.fetch.options.retries": 1, "stages.fetch.options.backoff_s
               "stages.fetch.options.backoff_max_s": 0.02}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    yield
-    import ray
-
-    ray.shutdown()
-
-
 def settled_keys(output: str) -> Counter:
     ledger = read_ledger(OutputStore(output))
     rows = ledger.filter(pc.is_in(ledger["status"], pc.cast(["ok", "failed"], "string"))).to_pylist()

@@ -99,11 +99,3 @@ def test_label_mixed_media_captions_every_item(tmp_path_factory, preset):
     for s in samples.values():  # every item has captions to fuse: fusion ran on each
         assert isinstance(s["vast_cap"], str)
         assert "nothing to fuse" not in s["provenance"]["vast_cap"]["empty_reason"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    yield
-    import ray
-
-    ray.shutdown()

@@ -19,14 +19,6 @@ from vast.shards.ledger import read_ledger
 from vast.shards.store import OutputStore
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    yield
-    import ray
-
-    ray.shutdown()
-
-
 def test_actors_is_a_pool_size_or_an_autoscaling_range():
     assert from_dict(StageSpec, {"actors": 3}).actors == 3
     spec = from_dict(StageSpec, {"actors": {"min": 1, "max": 4}, "num_gpus": 0.25})

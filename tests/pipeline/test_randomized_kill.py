@@ -97,14 +97,6 @@ OPTIONS = {"shards.samples_per_shard": "2", "stages.media.batch_size": "1",
            "stages.fetch.options.retries": "0"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    yield
-    import ray
-
-    ray.shutdown()
-
-
 def _command(ids: Path, output: Path) -> list[str]:
     return [str(BIN / "vast-pipeline"), "ingest", str(ids), "--config", "tiny", "--output", str(output),
             "--no-progress", *(x for k, v in OPTIONS.items() for x in (f"--{k}", v))]

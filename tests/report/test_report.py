@@ -36,14 +36,6 @@ FAST = ["--stages.fetch.options.retries", "1", "--stages.fetch.options.backoff_s
         "--stages.fetch.options.backoff_max_s", "0.02"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    yield
-    import ray
-
-    ray.shutdown()
-
-
 @dataclass
 class Corpus:
     output: Path
