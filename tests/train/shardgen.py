@@ -14,7 +14,6 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -70,6 +69,8 @@ def media_dir() -> Path:
 @functools.cache
 def downstream_shards() -> Path:
     """Shards of the four clips with captions and a QA pair in ``meta`` (via ``shards build``)."""
+    from vast.pipeline.build import shards_build
+
     root = _tmp()
     records = annotations("ret")
     for r, qa in zip(records, annotations("qa"), strict=True):
@@ -77,20 +78,17 @@ def downstream_shards() -> Path:
     ann = root / "ann.json"
     ann.write_text(json.dumps(records))
     out = root / "shards"
-    # The same clips in the same shards on every run, however busy the machine and whatever Ray the
-    # test process already runs: the trainer tests' figures depend on which clips share a shard. So
-    # the build gets a Ray of its own (a fresh process, the tiny preset's) that keeps the plan's order
-    # (Ray otherwise commits clips in completion order).
-    script = (
-        "import json, sys, ray.data\n"
-        "from vast.pipeline.build import shards_build\n"
-        "ray.data.DataContext.get_current().execution_options.preserve_order = True\n"
-        "sys.exit(shards_build(sys.argv[1], sys.argv[2], sys.argv[3], preset='tiny',\n"
-        "                      overrides=json.loads(sys.argv[4])))\n"
-    )
-    args = [str(ann), str(media_dir()), str(out), json.dumps(INGEST)]
-    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"shards build failed on the test media: {done.stderr[-2000:]}"
+    # the same clips in the same shards on every run, however busy the machine: Ray otherwise commits
+    # them in completion order (shard_urls orders the shards by the clips they hold)
+    import ray.data
+
+    options = ray.data.DataContext.get_current().execution_options
+    options.preserve_order = True
+    try:
+        rc = shards_build(str(ann), str(media_dir()), str(out), preset="tiny", overrides=INGEST)
+    finally:
+        options.preserve_order = False
+    assert rc == 0, "shards build failed on the test media"
     return out
 
 
