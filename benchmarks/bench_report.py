@@ -91,7 +91,7 @@ def write_output(root: Path, rows: int, per_commit: int, seed: int = 0) -> Outpu
             "url": pa.array([f"https://www.youtube.com/watch?v=v{i:010d}" for i in idx]),
             "start": start, "end": start + duration, "duration": duration, "fps": np.full(m, 25.0),
             "width": np.full(m, 640, np.int32), "height": np.full(m, 360, np.int32), "has_audio": has_audio,
-            "audio_missing": pa.array([None if a else "the source has no audio stream" for a in has_audio]),
+            "audio_missing": pa.array(["" if a else "the source has no audio stream" for a in has_audio]),
             "num_frames": np.full(m, 8, np.int32), "vision_cap": vision, "audio_cap": audio,
             "subtitle": subtitle,
             "subtitle_language": lang, "vast_cap": long_.take(pa.array(rng.integers(0, 4000, m))),
@@ -99,6 +99,7 @@ def write_output(root: Path, rows: int, per_commit: int, seed: int = 0) -> Outpu
             "meta": pa.array(["{}"] * m),
             "source_info": pa.array(['{"title": "a video", "uploader": "someone"}'] * m),
             "shard": pa.array([shard] * m), "mp4_bytes": mp4_bytes, "flac_bytes": flac_bytes,
+            "has_video": np.full(m, True), "video_missing": pa.array([""] * m),
         }).cast(MANIFEST_SCHEMA)
         store.write_parquet(shard.replace(".tar", ".parquet"), manifest)
         n_fail = m // 20
