@@ -290,9 +290,10 @@ def shards_build(annotations: str, media: str, output: str, config: str = "demo"
 
 def train(argv: list[str]) -> int:
     """Pretrain, finetune or test VAST on shards (``vast-pipeline train --help`` lists every flag)."""
+    from vast.train.cli import exit_if_torchrun_worker
     from vast.train.cli import main as train_main
 
-    return train_main(argv)
+    return exit_if_torchrun_worker(train_main(argv))
 
 
 def tiny_models(directory: str) -> int:

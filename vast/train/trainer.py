@@ -237,6 +237,7 @@ def load_state(path: Path, model: Any, opt: torch.optim.Optimizer, sched: Any, s
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or, with ``mode: testing``, evaluate) as configured; returns the last metrics."""
+    owns_group = not (dist.is_available() and dist.is_initialized())  # Ray Train brings its own
     rank, world, device = init_distributed(cfg.backend)
     torch.manual_seed(cfg.seed)
     if is_main():
@@ -244,11 +245,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     lock = lock_output(cfg.output, device)
     log = MetricLog(cfg, is_main())
     try:
-        return _run(cfg, rank, world, device, log)
+        metrics = _run(cfg, rank, world, device, log)
+        barrier()  # every rank is done with the group before any rank tears it down
+        return metrics
     finally:
         log.close()
         if lock is not None:
             lock.close()
+        if owns_group and dist.is_initialized():
+            # the group this process created ends with it (Ray Train's is Ray Train's to end)
+            dist.destroy_process_group()
 
 
 def _evaluate(model: Any, cfg: TrainConfig, task: str) -> dict[str, Any]:
