@@ -177,18 +177,24 @@ def test_every_bad_input_gets_the_documented_class_locally_and_over_http(tmp_pat
     seen_local = outcomes(tmp_path / "direct", {k: v for k, v in local_inputs.items() if v})
     seen_direct = outcomes(tmp_path / "direct", {k: v for k, v in http_inputs.items() if v})
     seen_ytdlp = outcomes(tmp_path / "ytdlp", ytdlp_inputs)
+    ledger = {r["input"]: r for out in ("direct", "ytdlp")
+              for r in read_ledger(OutputStore(str(tmp_path / out))).to_pylist()}
+
+    def said(fed: list[str]) -> list[str]:
+        return [ledger[i]["message"] for i in fed]
+
     for label, (local, http) in documented.items():
         if label == "an ids file of binary garbage":
             continue
         if local is not None:
-            assert set(seen_local[label]) == {local}, (label, seen_local[label])
+            assert set(seen_local[label]) == {local}, (label, seen_local[label], said(local_inputs[label]))
         if http is not None:
-            assert set(seen_direct[label]) == {http}, (label, "direct", seen_direct[label])
-            assert set(seen_ytdlp[label]) == {http}, (label, "yt-dlp", seen_ytdlp[label])
+            assert set(seen_direct[label]) == {http}, (label, "direct", seen_direct[label],
+                                                       said(http_inputs[label]))
+            assert set(seen_ytdlp[label]) == {http}, (label, "yt-dlp", seen_ytdlp[label],
+                                                      said(ytdlp_inputs[label]))
 
     # the reasons are named, and the spans within the slack last what their keys say
-    ledger = {r["input"]: r for out in ("direct", "ytdlp")
-              for r in read_ledger(OutputStore(str(tmp_path / out))).to_pylist()}
     for fed in local_inputs["a FIFO, a socket, a device (`/dev/zero`) or a directory"]:
         assert re.search(r" is a (FIFO|socket|character device|directory)", ledger[fed]["message"])
     for fed in http_inputs["bytes still arriving after `download_timeout_s`"]:
